@@ -1,0 +1,204 @@
+"""The error hierarchy of the plugin: every error carries a token, a cause and (when known) a fix.
+
+Users' CI greps the original harness's output for ``FAIL: <TOKEN>: ...`` (PROTOCOL.md section 7), so the
+token is part of the public interface: ``str(error)`` starts with exactly that prefix, and every token the
+protocol knows is a constant here, so no module spells one by hand.
+
+Two kinds of error:
+
+* :class:`AeroConfigError` - the run cannot start (bad option, missing binary, unreadable image, busy port).
+  Exit-code 2 semantics: a usage problem, the fix is on the user's side.
+* :class:`AeroFailure` - a verdict about the guest or QEMU (timeout, missing marker, QEMU died). It carries
+  the tail of the serial log and the artifact paths, so a failure report is self-contained.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "ALL_FIXED_TOKENS",
+    "CONFIG_ERROR",
+    "IMAGE_UNREADABLE",
+    "PORT_IN_USE",
+    "QEMU_EXITED",
+    "QEMU_NOT_FOUND",
+    "QEMU_PCI_PREFLIGHT_FAILED",
+    "QMP_BLK_RESIZE_FAILED",
+    "QMP_INPUT_INJECT_FAILED",
+    "QMP_INPUT_TABLET_INJECT_FAILED",
+    "QMP_MEDIA_KEYS_UNSUPPORTED",
+    "QMP_NET_LINK_FLAP_FAILED",
+    "SELFTEST_FAILED",
+    "TIMEOUT",
+    "UDP_PORT_MISMATCH",
+    "VIRTIO_SND_FORCE_NULL_BACKEND",
+    "WAV_CHECK_FAILED",
+    "AeroConfigError",
+    "AeroError",
+    "AeroFailure",
+    "failed_token",
+    "missing_token",
+    "name_token",
+    "skipped_token",
+    "token_for",
+]
+
+# --- tokens of the original harness (PROTOCOL.md section 7); CI greps these exact strings ---------------
+TIMEOUT = "TIMEOUT"
+QEMU_EXITED = "QEMU_EXITED"
+SELFTEST_FAILED = "SELFTEST_FAILED"
+QMP_INPUT_INJECT_FAILED = "QMP_INPUT_INJECT_FAILED"
+QMP_INPUT_TABLET_INJECT_FAILED = "QMP_INPUT_TABLET_INJECT_FAILED"
+QMP_MEDIA_KEYS_UNSUPPORTED = "QMP_MEDIA_KEYS_UNSUPPORTED"
+QMP_BLK_RESIZE_FAILED = "QMP_BLK_RESIZE_FAILED"
+QMP_NET_LINK_FLAP_FAILED = "QMP_NET_LINK_FLAP_FAILED"
+QEMU_PCI_PREFLIGHT_FAILED = "QEMU_PCI_PREFLIGHT_FAILED"
+UDP_PORT_MISMATCH = "UDP_PORT_MISMATCH"
+VIRTIO_SND_FORCE_NULL_BACKEND = "VIRTIO_SND_FORCE_NULL_BACKEND"
+
+# --- tokens of this plugin (configuration errors and host-side verdicts) --------------------------------
+CONFIG_ERROR = "CONFIG_ERROR"
+QEMU_NOT_FOUND = "QEMU_NOT_FOUND"
+IMAGE_UNREADABLE = "IMAGE_UNREADABLE"
+PORT_IN_USE = "PORT_IN_USE"
+#: The host-side check of the captured WAV failed (exit code 4 of the original harness).
+WAV_CHECK_FAILED = "WAV_CHECK_FAILED"
+
+ALL_FIXED_TOKENS: frozenset[str] = frozenset(
+    {
+        TIMEOUT,
+        QEMU_EXITED,
+        SELFTEST_FAILED,
+        QMP_INPUT_INJECT_FAILED,
+        QMP_INPUT_TABLET_INJECT_FAILED,
+        QMP_MEDIA_KEYS_UNSUPPORTED,
+        QMP_BLK_RESIZE_FAILED,
+        QMP_NET_LINK_FLAP_FAILED,
+        QEMU_PCI_PREFLIGHT_FAILED,
+        UDP_PORT_MISMATCH,
+        VIRTIO_SND_FORCE_NULL_BACKEND,
+        CONFIG_ERROR,
+        QEMU_NOT_FOUND,
+        IMAGE_UNREADABLE,
+        PORT_IN_USE,
+        WAV_CHECK_FAILED,
+    }
+)
+
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+
+
+def name_token(test_name: str) -> str:
+    """``virtio-input-events`` -> ``VIRTIO_INPUT_EVENTS`` (any run of non-alphanumerics becomes ``_``)."""
+    return _NON_WORD.sub("_", test_name).strip("_").upper()
+
+
+def token_for(test_name: str, suffix: str) -> str:
+    """``("virtio-input-events", "SKIPPED")`` -> ``VIRTIO_INPUT_EVENTS_SKIPPED``."""
+    return f"{name_token(test_name)}_{suffix.upper()}"
+
+
+def missing_token(test_name: str) -> str:
+    """``"virtio-blk"`` -> ``MISSING_VIRTIO_BLK``: the RESULT line came (or QEMU ended) without this test."""
+    return f"MISSING_{name_token(test_name)}"
+
+
+def failed_token(test_name: str) -> str:
+    """``"virtio-net"`` -> ``VIRTIO_NET_FAILED``."""
+    return token_for(test_name, "FAILED")
+
+
+def skipped_token(test_name: str) -> str:
+    """``"virtio-input-events"`` -> ``VIRTIO_INPUT_EVENTS_SKIPPED``."""
+    return token_for(test_name, "SKIPPED")
+
+
+class AeroError(Exception):
+    """Base of every error the plugin raises on purpose.
+
+    ``str()`` is ``FAIL: <TOKEN>: <message>`` followed by ``\\nfix: <fix>`` when a fix is known, so the
+    first line is what the original harness printed and what CI greps for.
+    """
+
+    token: str
+    message: str
+    fix: str | None
+
+    def __init__(self, token: str, message: str, fix: str | None = None) -> None:
+        super().__init__(token, message, fix)
+        self.token = token
+        self.message = message
+        self.fix = fix
+
+    def headline(self) -> str:
+        """The one-line ``FAIL: TOKEN: message`` (multi-line messages keep their first line only)."""
+        return f"FAIL: {self.token}: {self.message}"
+
+    def __str__(self) -> str:
+        text = self.headline()
+        if self.fix:
+            text += f"\nfix: {self.fix}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(token={self.token!r}, message={self.message!r}, fix={self.fix!r})"
+
+
+class AeroConfigError(AeroError):
+    """The run cannot start: a bad option or input (exit-code 2 semantics). Default token CONFIG_ERROR."""
+
+    def __init__(self, message: str, fix: str | None = None, token: str = CONFIG_ERROR) -> None:
+        super().__init__(token, message, fix)
+
+
+class AeroFailure(AeroError):
+    """A verdict: the guest or QEMU did not do what a test needs.
+
+    ``serial_tail`` (the last serial lines) and ``artifacts`` (name -> path, e.g. ``{"serial": ...}``) are
+    rendered after the message, so a report shows what the guest last said and where the full logs are.
+    """
+
+    serial_tail: list[str]
+    artifacts: dict[str, Path]
+
+    def __init__(
+        self,
+        token: str,
+        message: str,
+        fix: str | None = None,
+        serial_tail: Sequence[str] | None = None,
+        artifacts: Mapping[str, Path] | None = None,
+    ) -> None:
+        super().__init__(token, message, fix)
+        self.serial_tail = list(serial_tail or ())
+        self.artifacts = dict(artifacts or {})
+
+    def with_context(
+        self, serial_tail: Sequence[str] | None = None, artifacts: Mapping[str, Path] | None = None
+    ) -> AeroFailure:
+        """A copy of this failure (same class) with the given tail/artifacts filled in where still empty."""
+        clone = type(self).__new__(type(self))
+        AeroFailure.__init__(
+            clone,
+            self.token,
+            self.message,
+            self.fix,
+            serial_tail=self.serial_tail or list(serial_tail or ()),
+            artifacts={**dict(artifacts or {}), **self.artifacts},
+        )
+        return clone
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.serial_tail:
+            text += f"\nlast {len(self.serial_tail)} serial lines:\n" + "\n".join(
+                f"  | {line}" for line in self.serial_tail
+            )
+        if self.artifacts:
+            text += "\nartifacts:\n" + "\n".join(
+                f"  {name}: {path}" for name, path in sorted(self.artifacts.items())
+            )
+        return text
