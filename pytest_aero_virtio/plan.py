@@ -1,0 +1,165 @@
+"""From the selected test items to the VMs that serve them (pure).
+
+Every test of ``vmm_flows`` names the guest check it asserts (``@pytest.mark.aero_check("virtio-blk-resize")``)
+and may ask for a particular VM (``@pytest.mark.aero_vm(vectors=0)``). This module turns the *selected*
+items (after ``-k``, ``-m`` and node ids) into as few VM configurations as possible:
+
+* what a check needs is unioned into one VM: the tablet and the sound device are attached only when a
+  selected test needs them, the guest's opt-in flags are passed only for selected opt-in checks (so an
+  unselected opt-in prints ``SKIP|flag_not_set`` at once instead of waiting for a host that will not
+  answer), and the host reactions for those READY lines are armed;
+* what cannot be unioned splits VMs: different MSI-X vector counts, modern vs transitional devices, and the
+  sound backend (the wav backend records playback for the host-side check but cannot capture).
+
+The result is deterministic: the same selection always gives the same VMs in the same order, so test
+ids, artifact directories and xdist workers agree.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .checks import Audio, lookup
+from .config import Vectors, VmConfig
+
+
+@dataclass(frozen=True)
+class ItemNeeds:
+    """What one test item asks of its VM, read from its markers.
+
+    ``checks`` are guest check names (catalog keys or unknown names); ``audio`` overrides the catalog's
+    backend need; ``vectors``/``transitional`` select a device variant; ``at_end`` marks a test that needs
+    the VM to have finished (a host check of the recorded WAV), so it is ordered after its VM's other tests.
+    """
+
+    checks: tuple[str, ...] = ()
+    audio: Audio | None = None
+    vectors: Vectors | None = None
+    transitional: bool = False
+    at_end: bool = False
+
+
+@dataclass
+class _Group:
+    vectors: Vectors
+    transitional: bool
+    audio: Audio | None = None
+    tablet: bool = False
+    snd: bool = False
+    flags: set[str] = field(default_factory=set)
+    reactions: set[str] = field(default_factory=set)
+    items: list[str] = field(default_factory=list)
+
+    def accepts(self, vectors: Vectors, transitional: bool, audio: Audio | None, snd: bool) -> bool:
+        if vectors != self.vectors or transitional != self.transitional:
+            return False
+        if audio is not None and self.audio is not None and audio != self.audio:
+            return False
+        return True
+
+    def config(self) -> VmConfig:
+        return VmConfig(
+            tablet=self.tablet,
+            snd=self.snd,
+            audio=self.audio or "wav",
+            vectors=self.vectors,
+            transitional=self.transitional,
+            guest_flags=frozenset(self.flags),
+            reactions=frozenset(self.reactions),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The VMs of a run and which item runs on which, in run order.
+
+    ``order`` is the item order to run: grouped by VM (so a VM can be stopped after its last test),
+    the groups in order of first appearance, ``at_end`` items last within their group.
+    """
+
+    configs: tuple[VmConfig, ...]
+    assignment: dict[str, VmConfig]
+    order: tuple[str, ...]
+
+    def last_item_of(self, config: VmConfig) -> str | None:
+        """The id of the last item that uses ``config``: after it, the VM can be stopped."""
+        last = None
+        for item in self.order:
+            if self.assignment[item] == config:
+                last = item
+        return last
+
+
+def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors | None = None) -> Plan:
+    """Group items into VM configurations.
+
+    ``default_vectors`` are the session-wide vector options (``--virtio-msix-vectors`` and friends); an item's
+    own ``vectors`` replaces them. Items are placed greedily into the first compatible group in order of
+    appearance, which keeps the number of boots minimal for the usual selections and is stable.
+    """
+    base_vectors = default_vectors or Vectors()
+    groups: list[_Group] = []
+    at_end: set[str] = set()
+    for item_id, needs in items:
+        checks = [lookup(n) for n in needs.checks]
+        audio = needs.audio
+        for c in checks:
+            if audio is None and c.audio is not None:
+                audio = c.audio
+        snd = any(c.snd for c in checks)
+        vectors = needs.vectors if needs.vectors is not None else base_vectors
+        group = next((g for g in groups if g.accepts(vectors, needs.transitional, audio, snd)), None)
+        if group is None:
+            group = _Group(vectors=vectors, transitional=needs.transitional)
+            groups.append(group)
+        if audio is not None:
+            group.audio = audio
+        group.snd |= snd
+        group.tablet |= any(c.tablet for c in checks)
+        for c in checks:
+            group.flags.update(c.guest_flags)
+            group.reactions.update(c.reactions)
+        group.items.append(item_id)
+        if needs.at_end:
+            at_end.add(item_id)
+
+    assignment: dict[str, VmConfig] = {}
+    order: list[str] = []
+    configs: list[VmConfig] = []
+    for g in groups:
+        cfg = g.config()
+        configs.append(cfg)
+        ordered = [i for i in g.items if i not in at_end] + [i for i in g.items if i in at_end]
+        for item_id in ordered:
+            assignment[item_id] = cfg
+            order.append(item_id)
+    return Plan(configs=tuple(configs), assignment=assignment, order=tuple(order))
+
+
+def guest_args(
+    vm: VmConfig,
+    *,
+    http_port: int,
+    udp_port: int,
+    http_path: str,
+    host: str = "10.0.2.2",
+    extra: Iterable[str] = (),
+) -> str:
+    """The guest's command line for this VM (sent through fw_cfg ``opt/aero/args``).
+
+    It carries the opt-in flags of the selected checks, the ports the host really listens on, and the
+    consequences of the VM's devices: ``--require-snd`` when a sound device is attached (a missing device
+    must fail, not skip) and ``--disable-snd-capture`` with the wav backend, which cannot capture.
+    """
+    args = [f"--{f}" for f in sorted(vm.guest_flags)]
+    if vm.snd:
+        args.append("--require-snd")
+        if vm.audio == "wav":
+            args = [a for a in args if a != "--test-snd-capture"]
+            args.append("--disable-snd-capture")
+    args.append(f"--http-url=http://{host}:{http_port}{http_path}")
+    args.append(f"--udp-port={udp_port}")
+    args.extend(extra)
+    return shlex.join(args)

@@ -1,0 +1,200 @@
+"""pytest hooks only: the option group, the markers, the fixtures and the report hooks.
+
+Everything with logic lives elsewhere (options: validation; plan: which VMs; pool: their lifecycle;
+testing: the assertions); this module wires them into pytest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from . import options as opts
+from .checks import lookup
+from .config import Vectors
+from .errors import AeroConfigError, AeroError
+from .plan import ItemNeeds, Plan, make_plan
+from .pool import PlanContext, VmPool, settings_from_config
+from .testing import AeroDevice, AeroVm
+
+_PLAN_KEY = pytest.StashKey[PlanContext]()
+_SKIPPED_SND = "QEMU {qemu} ({version}) has no virtio-sound-pci (needs QEMU >= 8.2): sound tests skipped"
+
+MARKERS = (
+    "aero_check(*names, audio=None, at_end=False): the guest checks this test asserts; the plan attaches the "
+    "devices, passes the guest's opt-in flags and arms the host reactions they need",
+    "aero_vm(vectors=None, transitional=False): run this test on a VM variant (vectors=0 forces INTx; a "
+    "Vectors(...) sets them per device); tests with different variants get different VMs",
+    "virtio_blk: a virtio-blk test",
+    "virtio_net: a virtio-net test",
+    "virtio_input: a virtio-input test",
+    "virtio_snd: a virtio-snd test (needs QEMU >= 8.2 with virtio-sound-pci)",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup(opts.GROUP, opts.GROUP_DESCRIPTION)
+    for opt in opts.OPTIONS:
+        dest = opt.flag.lstrip("-").replace("-", "_")
+        default_text = "" if opt.default is None else f" (default: {opt.default})"
+        if opt.kind == "bool":
+            group.addoption(opt.flag, action="store_true", dest=dest, default=None, help=opt.help)
+            parser.addini(opt.ini, opt.help, type="bool", default=False)
+        elif opt.kind == "args":
+            group.addoption(opt.flag, action="append", dest=dest, default=None, metavar=opt.metavar,
+                            help=opt.help)
+            parser.addini(opt.ini, opt.help, type="args", default=[])
+        else:
+            group.addoption(opt.flag, action="store", dest=dest, default=None, metavar=opt.metavar,
+                            choices=opt.choices, help=opt.help + default_text)
+            parser.addini(opt.ini, opt.help + default_text, type="string", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+
+
+def _needs(item: pytest.Item) -> ItemNeeds | None:
+    """An item's needs from its markers; None for tests that use no VM."""
+    check = item.get_closest_marker("aero_check")
+    variant = item.get_closest_marker("aero_vm")
+    if check is None and variant is None:
+        return None
+    names = tuple(check.args) if check is not None else ()
+    kw: dict[str, Any] = dict(check.kwargs) if check is not None else {}
+    vkw: dict[str, Any] = dict(variant.kwargs) if variant is not None else {}
+    vectors = vkw.get("vectors")
+    if isinstance(vectors, int):
+        vectors = Vectors(blk=vectors, net=vectors, input=vectors, snd=vectors)
+    return ItemNeeds(
+        checks=names,
+        audio=kw.get("audio"),
+        vectors=vectors,
+        transitional=bool(vkw.get("transitional", False)),
+        at_end=bool(kw.get("at_end", False)),
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Plan the VMs from the *selected* items (trylast: after -k/-m deselection) and order items by VM."""
+    wanted = [(item, _needs(item)) for item in items]
+    vm_items = [(item, needs) for item, needs in wanted if needs is not None]
+    if not vm_items:
+        return
+    try:
+        settings = settings_from_config(config)
+    except AeroError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    ctx = PlanContext(settings=settings)
+    config.stash[_PLAN_KEY] = ctx
+
+    planned: list[tuple[str, ItemNeeds]] = []
+    for item, needs in vm_items:
+        if any(lookup(n).snd for n in needs.checks) and not ctx.has_sound():
+            item.add_marker(pytest.mark.skip(reason=ctx.no_sound_reason()))
+            continue
+        planned.append((item.nodeid, needs))
+    plan: Plan = make_plan(planned, default_vectors=settings.vectors)
+    ctx.plan = plan
+
+    rank = {nodeid: i for i, nodeid in enumerate(plan.order)}
+    others = [item for item in items if item.nodeid not in rank]
+    vm_sorted = sorted((item for item in items if item.nodeid in rank), key=lambda it: rank[it.nodeid])
+    items[:] = vm_sorted + others
+
+    if settings.options.dry_run:
+        ctx.dry_run_lines = ctx.pool().describe(plan)
+        config.hook.pytest_deselected(items=list(items))
+        items[:] = []
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    ctx = config.stash.get(_PLAN_KEY, None)
+    if ctx is None:
+        return None
+    return ctx.header_lines()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    ctx = config.stash.get(_PLAN_KEY, None)
+    if ctx is None:
+        return
+    if ctx.dry_run_lines:
+        terminalreporter.section("aero-virtio dry run: planned QEMU command lines")
+        for line in ctx.dry_run_lines:
+            terminalreporter.write_line(line)
+    if ctx.started_pool is not None:
+        lines = ctx.started_pool.summary_lines()
+        if lines:
+            terminalreporter.section("aero-virtio VMs")
+            for line in lines:
+                terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    ctx = session.config.stash.get(_PLAN_KEY, None)
+    if ctx is None:
+        return
+    if ctx.started_pool is not None:
+        ctx.started_pool.close_all()
+    if ctx.settings.options.dry_run and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+
+
+@pytest.fixture(scope="session")
+def aero_pool(request: pytest.FixtureRequest) -> Iterator[VmPool]:
+    """The session's VMs, booted lazily one per planned configuration and stopped after their last test."""
+    ctx = request.config.stash.get(_PLAN_KEY, None)
+    if ctx is None:
+        raise pytest.UsageError("aero_pool is only available to tests marked with aero_check or aero_vm")
+    pool = ctx.pool()
+    try:
+        yield pool
+    finally:
+        pool.close_all()
+
+
+@pytest.fixture
+def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroVm]:
+    """The VM planned for this test: booted on first use with its host services and reactions armed."""
+    ctx = request.config.stash[_PLAN_KEY]
+    node = request.node
+    assert isinstance(node, pytest.Item)
+    vm_config = ctx.config_for(node.nodeid)
+    try:
+        handle = aero_pool.get(vm_config)
+    except AeroConfigError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except AeroError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield AeroVm(handle, node)
+    if ctx.is_last_item(node.nodeid, vm_config):
+        aero_pool.release(vm_config)
+
+
+@pytest.fixture
+def virtio_blk(aero_vm: AeroVm) -> AeroDevice:
+    """The VM seen through its virtio-blk disk."""
+    return AeroDevice(aero_vm, "blk")
+
+
+@pytest.fixture
+def virtio_net(aero_vm: AeroVm) -> AeroDevice:
+    """The VM seen through its virtio-net NIC (with the host's HTTP and UDP echo services)."""
+    return AeroDevice(aero_vm, "net")
+
+
+@pytest.fixture
+def virtio_input(aero_vm: AeroVm) -> AeroDevice:
+    """The VM seen through its virtio keyboard, mouse (and tablet when a selected test needs one)."""
+    return AeroDevice(aero_vm, "input")
+
+
+@pytest.fixture
+def virtio_snd(aero_vm: AeroVm) -> AeroDevice:
+    """The VM seen through its virtio sound device (attached only when a selected test needs it)."""
+    return AeroDevice(aero_vm, "snd")

@@ -1,0 +1,63 @@
+"""virtio-blk: disk I/O, interrupts, runtime resize and reset, as the guest reports them.
+
+The guest writes, reads back and flushes a file on the virtio disk it booted from; resize is answered by the
+host's QMP ``blockdev-resize``/``block_resize`` reaction the moment the guest prints READY.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aero_virtio.testing import MODERN_IDS, AeroDevice, expected_irq_mode
+
+pytestmark = pytest.mark.virtio_blk
+
+
+@pytest.mark.aero_check()
+def test_blk_pci_preflight(virtio_blk: AeroDevice) -> None:
+    """QEMU exposes the disk as a modern-only virtio device (1af4:1042)."""
+    virtio_blk.pci_preflight(MODERN_IDS["blk"])
+
+
+@pytest.mark.aero_check("virtio-blk")
+def test_virtio_blk(virtio_blk: AeroDevice) -> None:
+    m = virtio_blk.expect_pass("virtio-blk")
+    if "write_bytes" in m.fields:
+        assert int(m["write_bytes"]) > 0, m.raw
+    for key in ("write_mbps", "read_mbps"):
+        if key in m.fields:
+            assert float(m[key]) > 0, f"{key} should be a positive throughput: {m.raw}"
+
+
+@pytest.mark.aero_check("virtio-blk-msix")
+def test_virtio_blk_msix(virtio_blk: AeroDevice) -> None:
+    """The guest reports the interrupt mode the VM was configured for (MSI-X unless vectors=0)."""
+    m = virtio_blk.expect_pass("virtio-blk-msix")
+    assert m.get("mode") == expected_irq_mode(virtio_blk.vm.config.vectors.blk), m.raw
+
+
+@pytest.mark.aero_vm(vectors=0)
+@pytest.mark.aero_check("virtio-blk")
+def test_virtio_blk_intx(virtio_blk: AeroDevice) -> None:
+    """With ``vectors=0`` QEMU offers no MSI-X table: the driver must work on INTx."""
+    m = virtio_blk.expect_pass("virtio-blk")
+    assert m.get("irq_mode") == "intx", m.raw
+
+
+@pytest.mark.aero_check("virtio-blk-counters")
+def test_virtio_blk_counters(virtio_blk: AeroDevice) -> None:
+    virtio_blk.expect_info("virtio-blk-counters")
+
+
+@pytest.mark.aero_check("virtio-blk-resize")
+def test_virtio_blk_resize(virtio_blk: AeroDevice) -> None:
+    """The guest sees the capacity grow by exactly what the host's QMP resize asked for."""
+    m = virtio_blk.expect_pass("virtio-blk-resize")
+    request = virtio_blk.vm.expect_host("VIRTIO_BLK_RESIZE", "REQUEST")
+    assert int(m["new_bytes"]) == int(request["new_bytes"]), (m.raw, request.line())
+    assert int(m["new_bytes"]) > int(m["old_bytes"]), m.raw
+
+
+@pytest.mark.aero_check("virtio-blk-reset")
+def test_virtio_blk_reset(virtio_blk: AeroDevice) -> None:
+    virtio_blk.expect_pass("virtio-blk-reset")

@@ -1,0 +1,57 @@
+"""virtio-input: enumeration and driver binding, separate keyboard and mouse, tablet, LEDs, interrupts."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aero_virtio.testing import MODERN_IDS, AeroDevice, expected_irq_mode
+
+pytestmark = pytest.mark.virtio_input
+
+
+@pytest.mark.aero_check()
+def test_input_pci_preflight(virtio_input: AeroDevice) -> None:
+    virtio_input.pci_preflight(MODERN_IDS["input"])
+
+
+@pytest.mark.aero_check("virtio-input-bind")
+def test_virtio_input_bind(virtio_input: AeroDevice) -> None:
+    m = virtio_input.expect_pass("virtio-input-bind")
+    if "devices" in m.fields:
+        # keyboard + mouse always, + tablet when this VM has one
+        assert int(m["devices"]) >= 2 + int(virtio_input.vm.config.tablet), m.raw
+
+
+@pytest.mark.aero_check("virtio-input-binding")
+def test_virtio_input_binding(virtio_input: AeroDevice) -> None:
+    m = virtio_input.expect_pass("virtio-input-binding")
+    assert m.get("service"), f"the guest must name the bound driver service: {m.raw}"
+
+
+@pytest.mark.aero_check("virtio-input")
+def test_virtio_input(virtio_input: AeroDevice) -> None:
+    """A keyboard-only and a mouse-only device, not one combined device."""
+    virtio_input.expect_pass("virtio-input")
+
+
+@pytest.mark.aero_check("virtio-input-tablet")
+def test_virtio_input_tablet(virtio_input: AeroDevice) -> None:
+    virtio_input.expect_pass("virtio-input-tablet")
+
+
+@pytest.mark.aero_check("virtio-input-msix")
+def test_virtio_input_msix(virtio_input: AeroDevice) -> None:
+    m = virtio_input.expect_pass("virtio-input-msix")
+    assert m.get("mode") == expected_irq_mode(virtio_input.vm.config.vectors.input), m.raw
+
+
+@pytest.mark.aero_check("virtio-input-led")
+def test_virtio_input_led(virtio_input: AeroDevice) -> None:
+    """Guest-driven: LED output reports travel down the virtio statusq."""
+    virtio_input.expect_pass("virtio-input-led")
+
+
+@pytest.mark.aero_check("virtio-input-leds")
+def test_virtio_input_leds(virtio_input: AeroDevice) -> None:
+    m = virtio_input.expect_pass("virtio-input-leds")
+    assert int(m.get("writes", "0")) > 0, m.raw

@@ -1,0 +1,61 @@
+"""virtio-net: DHCP, UDP echo, DNS, HTTP and 1 MiB transfers against the host services, link flap."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aero_virtio.testing import MODERN_IDS, AeroDevice, expected_irq_mode
+
+pytestmark = pytest.mark.virtio_net
+
+LARGE_FNV1A64 = "0x8505ae4435522325"
+
+
+@pytest.mark.aero_check()
+def test_net_pci_preflight(virtio_net: AeroDevice) -> None:
+    virtio_net.pci_preflight(MODERN_IDS["net"])
+
+
+@pytest.mark.aero_check("virtio-net-udp")
+def test_virtio_net_udp(virtio_net: AeroDevice) -> None:
+    m = virtio_net.expect_pass("virtio-net-udp")
+    if "bytes" in m.fields:
+        assert int(m["bytes"]) == 1400, m.raw
+    # The host's UDP echo really saw the guest's datagrams.
+    assert virtio_net.vm.udp_datagrams() >= 2
+
+
+@pytest.mark.aero_check("virtio-net")
+def test_virtio_net(virtio_net: AeroDevice) -> None:
+    """HTTP GET, the 1 MiB download (FNV-1a 64 checked by the guest) and the 1 MiB upload (SHA-256 on the host)."""
+    m = virtio_net.expect_pass("virtio-net")
+    if "large_ok" in m.fields:
+        assert m["large_ok"] == "1" and int(m["large_bytes"]) == 1 << 20, m.raw
+        assert m["large_fnv1a64"].lower() == LARGE_FNV1A64, m.raw
+    if "upload_ok" in m.fields:
+        assert m["upload_ok"] == "1", m.raw
+    statuses = virtio_net.vm.http_statuses()
+    assert ("GET", virtio_net.vm.options.http_path, 200) in statuses, statuses
+
+
+@pytest.mark.aero_check("virtio-net-udp-dns")
+def test_virtio_net_udp_dns(virtio_net: AeroDevice) -> None:
+    virtio_net.expect_info("virtio-net-udp-dns")
+
+
+@pytest.mark.aero_check("virtio-net-offload-csum")
+def test_virtio_net_offload_csum(virtio_net: AeroDevice) -> None:
+    virtio_net.expect_pass("virtio-net-offload-csum")
+
+
+@pytest.mark.aero_check("virtio-net-msix")
+def test_virtio_net_msix(virtio_net: AeroDevice) -> None:
+    m = virtio_net.expect_pass("virtio-net-msix")
+    assert m.get("mode") == expected_irq_mode(virtio_net.vm.config.vectors.net), m.raw
+
+
+@pytest.mark.aero_check("virtio-net-link-flap")
+def test_virtio_net_link_flap(virtio_net: AeroDevice) -> None:
+    """The host drops the link over QMP ``set_link`` when the guest is READY; the guest sees down then up."""
+    virtio_net.expect_pass("virtio-net-link-flap")
+    virtio_net.vm.expect_host("VIRTIO_NET_LINK_FLAP", "PASS")

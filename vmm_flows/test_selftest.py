@@ -1,0 +1,31 @@
+"""The whole selftest: RESULT, the per-test markers that must accompany it, configuration, device modes."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_aero_virtio.testing import TRANSITIONAL_IDS, AeroVm
+
+
+@pytest.mark.aero_check("virtio-blk", "virtio-input", "virtio-input-bind", "virtio-net", "virtio-net-udp")
+def test_selftest_result(aero_vm: AeroVm) -> None:
+    """``RESULT|PASS`` plus every required per-test marker: an old guest printing only RESULT cannot pass."""
+    aero_vm.expect_result()
+
+
+@pytest.mark.aero_check()
+def test_guest_config_matches_host(aero_vm: AeroVm) -> None:
+    """The guest's CONFIG line names the ports the host serves (a mismatch fails at once, UDP_PORT_MISMATCH)."""
+    m = aero_vm.expect_config()
+    if "udp_port" in m.fields:
+        assert int(m["udp_port"]) == aero_vm.udp_port, m.raw
+    if "http_url" in m.fields:
+        assert m["http_url"].endswith(f":{aero_vm.http_port}{aero_vm.options.http_path}"), m.raw
+
+
+@pytest.mark.aero_vm(transitional=True)
+@pytest.mark.aero_check()
+def test_transitional_pci_ids(aero_vm: AeroVm) -> None:
+    """Transitional mode (legacy + modern) for stock-driver comparisons: QEMU shows the 1000-range IDs."""
+    for dev in ("blk", "net"):
+        aero_vm.pci_preflight(TRANSITIONAL_IDS[dev], mode="transitional")
