@@ -134,7 +134,7 @@ class AeroError(Exception):
         self.fix = fix
 
     def headline(self) -> str:
-        """The one-line ``FAIL: TOKEN: message`` (multi-line messages keep their first line only)."""
+        """``FAIL: TOKEN: message`` without the fix and any context."""
         return f"FAIL: {self.token}: {self.message}"
 
     def __str__(self) -> str:
