@@ -1,0 +1,166 @@
+"""The plugin end to end on real QEMU and the reference guest, including its failure paths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import qemu_pids_with, wait_gone
+
+pytestmark = pytest.mark.slow
+
+RESULT_TEST = """
+import pytest
+
+@pytest.mark.aero_check("virtio-blk", "virtio-input", "virtio-input-bind", "virtio-net", "virtio-net-udp")
+def test_result(aero_vm):
+    aero_vm.expect_result()
+"""
+
+
+def run(pytester: pytest.Pytester, source: str, *args: str, timeout: float = 300) -> pytest.RunResult:
+    pytester.makepyfile(test_inner=textwrap.dedent(source))
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", *args, timeout=timeout)
+
+
+def test_reference_guest_passes_and_writes_artifacts(pytester: pytest.Pytester, artifacts: Path) -> None:
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}")
+    res.assert_outcomes(passed=1)
+    (vm_dir,) = artifacts.iterdir()
+    serial = (vm_dir / "serial.log").read_bytes()
+    assert b"AERO_VIRTIO_SELFTEST|RESULT|PASS" in serial
+    argv = (vm_dir / "qemu-argv.txt").read_text()
+    assert "disable-legacy=on" in argv and "opt/aero/args" in argv
+    assert (vm_dir / "qmp.log").stat().st_size > 0
+    http = (vm_dir / "http.log").read_text()
+    assert " 200 " in http or "200" in http
+    assert not qemu_pids_with(str(artifacts))
+
+
+def test_qemu_killed_mid_run_fails_waits_within_a_second(pytester: pytest.Pytester, artifacts: Path) -> None:
+    source = """
+    import os, signal, time
+    import pytest
+
+    @pytest.mark.aero_check("virtio-net")
+    def test_kill(aero_vm):
+        aero_vm.handle.stream.wait_for(lambda m: m.kind == "START", 120, "START")
+        os.kill(aero_vm.handle.session.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(pytest.fail.Exception, match="QEMU_EXITED") as exc:
+            aero_vm.expect_pass("virtio-net")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, elapsed
+        assert "serial.log" in str(exc.value)
+    """
+    res = run(pytester, source, f"--vm-artifacts={artifacts}")
+    res.assert_outcomes(passed=1)
+
+
+def test_guest_that_prints_nothing_fails_with_a_reason(
+    pytester: pytest.Pytester, artifacts: Path, tmp_path: Path
+) -> None:
+    blank = tmp_path / "blank, disk.img"  # a comma in the path: escaped as ',,' for QEMU
+    blank.write_bytes(b"\0" * (1 << 20))
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", f"--vm-image={blank}",
+              "--vm-silence-timeout=4", "--vm-timeout=60")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*FAIL: NO_SERIAL_OUTPUT*"])
+    assert blank.read_bytes() == b"\0" * (1 << 20), "the base image must never be written"
+
+
+def test_qemu_that_dies_at_start_names_its_error(pytester: pytest.Pytester, artifacts: Path) -> None:
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}",
+              "--qemu-extra-arg=-device", "--qemu-extra-arg=no-such-device-xyz")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*FAIL: QEMU_EXITED*", "*no-such-device-xyz*"])
+
+
+def test_port_in_use_is_a_clear_error(pytester: pytest.Pytester, artifacts: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", f"--vm-http-port={port}")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines([f"*PORT_IN_USE*{port}*"])
+
+
+def test_guest_port_mismatch_fails_at_once(pytester: pytest.Pytester, artifacts: Path) -> None:
+    t0 = time.monotonic()
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-guest-arg=--udp-port=9")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*FAIL: UDP_PORT_MISMATCH*"])
+    assert time.monotonic() - t0 < 120
+
+
+def test_dry_run_prints_argv_and_runs_nothing(pytester: pytest.Pytester, artifacts: Path) -> None:
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-dry-run")
+    assert res.ret == 0
+    res.stdout.fnmatch_lines(["*dry run*", "*virtio-blk-pci*disable-legacy=on*"])
+    assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_bad_options_are_usage_errors(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    res = run(pytester, RESULT_TEST, f"--vm-image={tmp_path / 'missing.img'}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*IMAGE_UNREADABLE*missing.img*"])
+    res = run(pytester, RESULT_TEST, "--qemu-system=/nonexistent/qemu")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*QEMU_NOT_FOUND*"])
+    res = run(pytester, RESULT_TEST, "--vm-accel=hvf")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+def test_no_qemu_survives_an_interrupted_run(pytester: pytest.Pytester, artifacts: Path, how: str) -> None:
+    """Ctrl-C runs the teardown; SIGKILL of pytest (a crashed xdist worker) leaves QEMU to PDEATHSIG."""
+    pytester.makepyfile(test_inner=textwrap.dedent("""
+        import time, pytest
+
+        @pytest.mark.aero_check("virtio-net")
+        def test_wait(aero_vm):
+            aero_vm.handle.stream.wait_for(lambda m: m.kind == "START", 120, "START")
+            print("VM-STARTED", flush=True)
+            time.sleep(600)
+    """))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", f"--vm-artifacts={artifacts}",
+         str(pytester.path / "test_inner.py")],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 180
+    for line in proc.stdout:
+        if "VM-STARTED" in line or time.monotonic() > deadline:
+            break
+    assert qemu_pids_with(str(artifacts)), "QEMU should be running now"
+    proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert wait_gone(str(artifacts), 20) == []
+
+
+def test_pytest_timeout_tears_the_vm_down(pytester: pytest.Pytester, artifacts: Path, tmp_path: Path) -> None:
+    """A VM that never answers (no bootable disk: SeaBIOS loops) is torn down when pytest-timeout fires."""
+    blank = tmp_path / "blank.img"
+    blank.write_bytes(b"\0" * (1 << 20))
+    source = """
+    import pytest
+
+    @pytest.mark.timeout(8)
+    @pytest.mark.aero_check("virtio-net")
+    def test_hang(aero_vm):
+        aero_vm.expect_pass("virtio-net")
+    """
+    res = run(pytester, source, f"--vm-artifacts={artifacts}", f"--vm-image={blank}", "--vm-silence-timeout=600")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*Timeout*"])
+    assert wait_gone(str(artifacts), 10) == []
