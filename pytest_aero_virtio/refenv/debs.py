@@ -353,18 +353,27 @@ class Apt:
             raise AptError(f"Debian {SUITE} has no package(s) {missing}; fix: refresh with `--refresh`")
         return [infos[p] for p in packages]
 
-    def resolve(self, spec: str, compute: Sequence[str]) -> list[DebInfo]:
-        """Resolve once per (spec, lists) and remember it, so a warm build never runs apt at all.
+    def resolve(self, spec: str, roots: Sequence[str], metas: Sequence[str] = ()) -> list[DebInfo]:
+        """Resolve once per (spec, roots, lists snapshot) and remember it, so a warm build runs no apt.
 
-        ``compute`` is the list of root packages; ``spec`` names the recipe ("qemu", "image-base", ...).
+        ``roots`` are expanded to their hard-dependency closure; each of ``metas`` (a metapackage such as
+        linux-image-amd64) contributes only the package it points at, not that package's dependencies.
         """
         self.update()
-        key = hashlib.sha256(f"{spec}\0{' '.join(compute)}\0{self.lists_digest()}".encode()).hexdigest()[:16]
-        memo = self.root / "resolved" / f"{spec}-{key}.json"
+        text = f"{spec}\0{' '.join(roots)}\0{' '.join(metas)}\0{self.lists_digest()}"
+        memo = self.root / "resolved" / f"{spec}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
         if memo.is_file():
             data = json.loads(memo.read_text())
             return [DebInfo(d["package"], d["version"], d["arch"]) for d in data]
-        infos = self.show(self.closure(compute))
+        names = self.closure(roots) if roots else []
+        for meta in metas:
+            deps = self.direct_depends(meta)
+            if not deps:
+                raise AptError(
+                    f"metapackage {meta} has no Depends in Debian {SUITE}; fix: refresh with --refresh"
+                )
+            names.append(deps[0])
+        infos = self.show(names)
         memo.parent.mkdir(parents=True, exist_ok=True)
         tmp = memo.with_suffix(".tmp")
         tmp.write_text(json.dumps([i.__dict__ for i in infos], indent=1))
@@ -399,7 +408,9 @@ def unpack(debs: Iterable[Path], dest: Path) -> None:
     """``dpkg-deb -x`` every package into ``dest`` (a sysroot; maintainer scripts are never run)."""
     dest.mkdir(parents=True, exist_ok=True)
     for deb in debs:
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0:
             raise AptError(
                 f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; fix: delete {deb} (corrupt download) and retry"

@@ -20,7 +20,13 @@ QEMU_PACKAGES = ("qemu-system-x86",)
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 # What a default reference VM loads from the data dir: SeaBIOS, the virtio-net option ROM that
 # `-device virtio-net-pci` loads (romfile default efi-virtio.rom), and the direct-kernel-boot option ROMs.
-REQUIRED_FIRMWARE = ("bios-256k.bin", "efi-virtio.rom", "linuxboot_dma.bin", "kvmvapic.bin", "vgabios-stdvga.bin")
+REQUIRED_FIRMWARE = (
+    "bios-256k.bin",
+    "efi-virtio.rom",
+    "linuxboot_dma.bin",
+    "kvmvapic.bin",
+    "vgabios-stdvga.bin",
+)
 EXPECTED_VERSION = "QEMU emulator version 10."
 # Debian builds QEMU with --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu; the loader
 # trick loses that built-in path, so each directory is passed with -L (QEMU accepts -L repeatedly).
@@ -132,7 +138,10 @@ def ensure_qemu(root: Path | None = None) -> Path:
     apt = debs.Apt(root)
     infos = apt.resolve("qemu", QEMU_PACKAGES)
     key = stable_key(
-        [("versions", debs.versions_text(infos)), ("builder", source_digest([Path(__file__), Path(debs.__file__)]))]
+        [
+            ("versions", debs.versions_text(infos)),
+            ("builder", source_digest([Path(__file__), Path(debs.__file__)])),
+        ]
     )
     entry = ensure_entry(root, "qemu", key, lambda tmp, final: _build(tmp, final, apt, infos))
     return entry / "bin" / "qemu-system-x86_64"
