@@ -1,0 +1,373 @@
+"""virtio-blk checks: file I/O on the virtio disk, MSI-X routing, counters, runtime resize, driver reset.
+
+The disk is the first virtio_blk disk (the boot disk of the reference image, a plain FAT filesystem the
+host runs with snapshot=on), mounted read-write at /mnt/blk unless already mounted; ``--blk-root=DIR``
+names a directory on a virtio disk instead.  Every read is proven to come from the device: the page
+cache is dropped after fsync, and the disk's /sys/block/<disk>/stat sector counters must grow by at
+least the bytes written and read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from . import irq, sysfs
+from .config import Config
+from .markers import Reporter
+from .pure import mib_per_s
+
+MOUNTPOINT = Path("/mnt/blk")
+TEST_FILE = "aero-selftest.bin"
+IO_BYTES = 4 * 1024 * 1024
+CHUNK = 256 * 1024
+RESIZE_TIMEOUT_S = 60.0
+RESIZE_POLL_S = 0.1
+
+NAMES = ("virtio-blk", "virtio-blk-msix", "virtio-blk-counters", "virtio-blk-resize", "virtio-blk-reset")
+
+# /sys/block/<disk>/stat columns (Documentation/block/stat.rst)
+STAT_FIELDS = (
+    "read_ios",
+    "read_merges",
+    "read_sectors",
+    "read_ticks",
+    "write_ios",
+    "write_merges",
+    "write_sectors",
+    "write_ticks",
+    "in_flight",
+    "io_ticks",
+    "time_in_queue",
+    "discard_ios",
+    "discard_merges",
+    "discard_sectors",
+    "discard_ticks",
+    "flush_ios",
+    "flush_ticks",
+)
+
+
+def parse_stat(text: str) -> dict[str, int]:
+    """/sys/block/<disk>/stat -> named counters (older kernels have fewer columns)."""
+    return {name: int(v) for name, v in zip(STAT_FIELDS, text.split(), strict=False)}
+
+
+def stat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+@dataclasses.dataclass
+class Disk:
+    name: str  # "vda"
+    dev: str  # "virtio0"
+    root: Path  # directory the test files go to
+    mounted_by_us: bool
+
+    @property
+    def sys(self) -> Path:
+        return Path("/sys/block") / self.name
+
+    def stat(self) -> dict[str, int]:
+        return parse_stat(sysfs.read(self.sys / "stat"))
+
+    def size_bytes(self) -> int:
+        return int(sysfs.read(self.sys / "size", "0")) * 512
+
+
+def virtio_disks() -> list[tuple[str, str]]:
+    """(disk name, virtioN) of every disk bound to virtio_blk."""
+    out: list[tuple[str, str]] = []
+    for dev in sysfs.virtio_devices("virtio_blk"):
+        try:
+            names = sorted(os.listdir(sysfs.VIRTIO_BUS / "devices" / dev / "block"))
+        except OSError:
+            continue
+        out.extend((n, dev) for n in names)
+    return out
+
+
+def _disk_of_path(path: Path) -> str:
+    """Whole-disk name of the block device holding ``path`` (vda for a file on vda or vda1)."""
+    st = os.stat(path)
+    link = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve()
+    if (link / "partition").exists():
+        link = link.parent
+    return link.name
+
+
+def mount_disk(name: str, mountpoint: Path = MOUNTPOINT) -> tuple[Path, bool]:
+    """Where disk ``name`` is mounted (mounting it read-write at ``mountpoint`` if it is not)."""
+    for src, mp, _fs in sysfs.mounts():
+        if src in (f"/dev/{name}", f"/dev/{name}1"):
+            return Path(mp), False
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for argv in (
+        ["mount", "-t", "vfat", "-o", "rw", f"/dev/{name}", str(mountpoint)],
+        ["mount", "-o", "rw", f"/dev/{name}", str(mountpoint)],
+        ["mount", "-o", "rw", f"/dev/{name}1", str(mountpoint)],
+    ):
+        cp = sysfs.run(argv, timeout=15)
+        if cp.returncode == 0:
+            return mountpoint, True
+        errors.append(sysfs.out_text(cp))
+    raise RuntimeError(
+        f"cannot mount /dev/{name} read-write ({'; '.join(errors)}); give a writable directory on a "
+        "virtio disk with --blk-root=PATH"
+    )
+
+
+def find_disk(cfg: Config) -> Disk:
+    disks = virtio_disks()
+    if not disks:
+        raise LookupError("no disk is bound to the virtio_blk driver (is a virtio-blk-pci device attached?)")
+    if cfg.blk_root:
+        root = Path(cfg.blk_root)
+        name = _disk_of_path(root)
+        devs = dict(disks)
+        if name not in devs:
+            raise LookupError(f"--blk-root={root} is on {name}, not on a virtio disk ({sorted(devs)})")
+        return Disk(name, devs[name], root, False)
+    name, dev = disks[0]
+    root, ours = mount_disk(name)
+    return Disk(name, dev, root, ours)
+
+
+def drop_caches() -> None:
+    """Make the next read come from the device, not the page cache."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def io_roundtrip(disk: Disk, nbytes: int) -> dict[str, str | int | float]:
+    """Write ``nbytes`` of fresh random data, fsync, drop caches, read back and compare; with figures."""
+    root = disk.root
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    nbytes = max(CHUNK, min(nbytes, (free // 2) // CHUNK * CHUNK))
+    block = os.urandom(CHUNK)
+    path = root / TEST_FILE
+    before = disk.stat()
+
+    t0 = time.monotonic()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(nbytes // CHUNK):
+            chunk = i.to_bytes(8, "little") + block[8:]
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    t_write = time.monotonic() - t0
+    after_write = disk.stat()
+
+    drop_caches()
+    t0 = time.monotonic()
+    bad = -1
+    got = 0
+    with open(path, "rb", buffering=0) as f:
+        for i in range(nbytes // CHUNK):
+            data = f.read(CHUNK)
+            got += len(data)
+            if data != i.to_bytes(8, "little") + block[8:] and bad < 0:
+                bad = i * CHUNK
+    t_read = time.monotonic() - t0
+    after_read = disk.stat()
+
+    wd = stat_delta(before, after_write)
+    rd = stat_delta(after_write, after_read)
+    if got != nbytes:
+        raise RuntimeError(f"read back {got} of {nbytes} bytes from {path}")
+    if bad >= 0:
+        raise RuntimeError(f"data read back from {path} differs from what was written (chunk at {bad})")
+    if wd.get("write_sectors", 0) * 512 < nbytes:
+        raise RuntimeError(
+            f"{disk.name} stat shows {wd.get('write_sectors', 0) * 512} bytes written for {nbytes}: "
+            "the write did not reach the virtio disk"
+        )
+    if rd.get("read_sectors", 0) * 512 < nbytes:
+        raise RuntimeError(
+            f"{disk.name} stat shows {rd.get('read_sectors', 0) * 512} bytes read for {nbytes}: the read was "
+            "served from the cache, not the virtio disk"
+        )
+    return {
+        "write_bytes": nbytes,
+        "write_mbps": round(mib_per_s(nbytes, t_write), 2),
+        "read_bytes": nbytes,
+        "read_mbps": round(mib_per_s(nbytes, t_read), 2),
+        "flushes": wd.get("flush_ios", 0),
+    }
+
+
+class BlkState:
+    disk: Disk | None = None
+
+
+def check_io(rep: Reporter, cfg: Config, state: BlkState) -> None:
+    name = "virtio-blk"
+    try:
+        disk = find_disk(cfg)
+    except (LookupError, RuntimeError) as exc:
+        rep.fail(name, "disk_not_found" if isinstance(exc, LookupError) else "mount_failed", err=str(exc))
+        return
+    state.disk = disk
+    figures = io_roundtrip(disk, IO_BYTES)
+    info = irq.read_device_irqs(disk.dev)
+    rep.pass_(
+        name,
+        disk=disk.name,
+        dev=disk.dev,
+        root=str(disk.root),
+        **figures,
+        irq_mode=info.mode,
+        irq_message_count=info.messages,
+        msix_config_vector=info.vector("config"),
+        msix_queue_vector=info.first_queue_vector(),
+    )
+
+
+def check_msix(rep: Reporter, cfg: Config, state: BlkState) -> None:
+    name = "virtio-blk-msix"
+    devs = [d for _n, d in virtio_disks()]
+    if not devs:
+        rep.skip(name, "device_missing")
+        return
+    info = irq.read_device_irqs(state.disk.dev if state.disk else devs[0])
+    fields = irq.msix_fields(info)
+    required = cfg.has("require-blk-msix") or cfg.has("expect-blk-msi")
+    if info.mode == "msix":
+        rep.pass_(name, **fields)
+    elif required:
+        flag = "--require-blk-msix" if cfg.has("require-blk-msix") else "--expect-blk-msi"
+        rep.fail(name, "not_msix", **fields, required_by=flag)
+    else:
+        rep.skip(name, "not_msix", **fields)
+
+
+def check_counters(rep: Reporter, cfg: Config, state: BlkState) -> None:
+    name = "virtio-blk-counters"
+    disks = virtio_disks()
+    if not disks:
+        rep.skip(name, "device_missing")
+        return
+    disk_name, dev = disks[0]
+    if state.disk:
+        disk_name, dev = state.disk.name, state.disk.dev
+    stat = parse_stat(sysfs.read(Path("/sys/block") / disk_name / "stat"))
+    keep = ("read_ios", "read_sectors", "write_ios", "write_sectors", "flush_ios", "in_flight")
+    info = irq.read_device_irqs(dev)
+    rep.info(name, disk=disk_name, **{k: stat[k] for k in keep if k in stat}, interrupts=info.total)
+
+
+def check_resize(rep: Reporter, cfg: Config, state: BlkState) -> None:
+    """READY|disk=<index>|old_bytes=X, then poll the size (every 100 ms, 60 s) until it grows."""
+    name = "virtio-blk-resize"
+    if not cfg.has("test-blk-resize"):
+        rep.skip_flag_not_set(name)
+        return
+    disks = virtio_disks()
+    if not disks:
+        rep.fail(name, "device_missing")
+        return
+    disk_name = state.disk.name if state.disk else disks[0][0]
+    size_path = Path("/sys/block") / disk_name / "size"
+    index = [n for n, _d in disks].index(disk_name)
+    old = int(sysfs.read(size_path, "0")) * 512
+    rep.ready(name, disk=index, old_bytes=old, dev=disk_name)
+    t0 = time.monotonic()
+    while True:
+        new = int(sysfs.read(size_path, "0")) * 512
+        elapsed_ms = int((time.monotonic() - t0) * 1000)
+        if new != old:
+            if new > old:
+                rep.pass_(name, disk=index, old_bytes=old, new_bytes=new, elapsed_ms=elapsed_ms)
+            else:
+                rep.fail(name, "shrunk", disk=index, old_bytes=old, new_bytes=new, elapsed_ms=elapsed_ms)
+            return
+        if elapsed_ms >= RESIZE_TIMEOUT_S * 1000:
+            rep.fail(name, "timeout", disk=index, old_bytes=old, new_bytes=new, elapsed_ms=elapsed_ms)
+            return
+        time.sleep(RESIZE_POLL_S)
+
+
+def check_reset(rep: Reporter, cfg: Config, state: BlkState) -> None:
+    """Unmount, unbind the virtio device from virtio_blk (the driver resets the device on remove), bind it
+    again (probe resets and re-negotiates), remount and do I/O again."""
+    name = "virtio-blk-reset"
+    if not cfg.has("test-blk-reset"):
+        rep.skip_flag_not_set(name)
+        return
+    disk = state.disk
+    if disk is None:
+        rep.fail(name, "no_disk", err="virtio-blk did not find a usable disk")
+        return
+    drv = sysfs.VIRTIO_BUS / "drivers" / "virtio_blk"
+    mountpoints = [
+        mp for src, mp, _fs in sysfs.mounts() if src in (f"/dev/{disk.name}", f"/dev/{disk.name}1")
+    ]
+    os.sync()
+    for mp in reversed(mountpoints):
+        cp = sysfs.run(["umount", mp], timeout=15)
+        if cp.returncode != 0:
+            rep.fail(name, "umount_failed", err=sysfs.out_text(cp), mountpoint=mp)
+            return
+    irq_before = irq.read_device_irqs(disk.dev).total
+    t0 = time.monotonic()
+    (drv / "unbind").write_text(disk.dev)
+    if not sysfs.wait_for(Path("/sys/block") / disk.name, exists=False, timeout=10):
+        rep.fail(name, "unbind_timeout", err=f"/sys/block/{disk.name} still exists 10 s after unbind")
+        return
+    unbind_ms = int((time.monotonic() - t0) * 1000)
+    t0 = time.monotonic()
+    (drv / "bind").write_text(disk.dev)
+    block_dir = sysfs.VIRTIO_BUS / "devices" / disk.dev / "block"
+    if not sysfs.wait_for(block_dir, exists=True, timeout=10):
+        rep.fail(name, "rebind_timeout", err=f"{disk.dev} has no block device 10 s after bind")
+        return
+    new_name = sorted(os.listdir(block_dir))[0]
+    if not sysfs.wait_for(Path("/dev") / new_name, exists=True, timeout=5):
+        rep.fail(name, "devnode_missing", err=f"/dev/{new_name} did not appear after rebind")
+        return
+    bind_ms = int((time.monotonic() - t0) * 1000)
+    remount_root = disk.root
+    for mp in mountpoints:
+        cp = sysfs.run(["mount", "-o", "rw", f"/dev/{new_name}", mp], timeout=15)
+        if cp.returncode != 0:
+            rep.fail(name, "remount_failed", err=sysfs.out_text(cp), mountpoint=mp)
+            return
+    if not mountpoints:  # --blk-root on an unmounted path cannot happen; keep the root as it was
+        remount_root = disk.root
+    new_disk = Disk(new_name, disk.dev, remount_root, disk.mounted_by_us)
+    state.disk = new_disk
+    figures = io_roundtrip(new_disk, 1024 * 1024)
+    irq_after = irq.read_device_irqs(disk.dev).total
+    rep.pass_(
+        name,
+        performed=1,
+        disk_before=disk.name,
+        disk_after=new_name,
+        unbind_ms=unbind_ms,
+        bind_ms=bind_ms,
+        io_bytes=figures["write_bytes"],
+        irqs_before=irq_before,
+        irqs_after=irq_after,
+    )
+
+
+def run(rep: Reporter, cfg: Config) -> None:
+    state = BlkState()
+    for check, name in (
+        (check_io, "virtio-blk"),
+        (check_msix, "virtio-blk-msix"),
+        (check_counters, "virtio-blk-counters"),
+        (check_resize, "virtio-blk-resize"),
+        (check_reset, "virtio-blk-reset"),
+    ):
+        with rep.group(name):
+            check(rep, cfg, state)

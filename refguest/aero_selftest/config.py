@@ -1,0 +1,200 @@
+"""Selftest configuration: command-line style args from several sources, merged (later wins).
+
+Sources, in order: ``AERO_VIRTIO_SELFTEST_*`` environment variables (the Windows selftest's names),
+``/etc/aero-selftest/args`` (baked into the image), the fw_cfg file ``opt/aero/args`` (per run, from the
+host), then the process's own argv.  Each file holds args in shell syntax (split with :mod:`shlex`).
+Flags accumulate across sources (``--no-<flag>`` removes one); valued args are replaced by later sources.
+Unknown args never stop the run: they are collected and reported in an INFO line, so an older guest
+keeps working with a newer host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+IMAGE_ARGS = Path("/etc/aero-selftest/args")
+FW_CFG_ARGS = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/aero/args/raw")
+
+DEFAULT_HTTP_URL = "http://10.0.2.2:18080/aero-virtio-selftest"
+DEFAULT_UDP_PORT = 18081
+DEFAULT_DNS_HOST = "host.lan"
+
+FLAGS = frozenset(
+    {
+        "test-blk-resize",
+        "test-blk-reset",
+        "test-input-events",
+        "test-input-events-extended",
+        "test-input-media-keys",
+        "test-input-led",
+        "test-input-leds",
+        "test-input-tablet-events",
+        "test-snd-buffer-limits",
+        "test-snd-capture",
+        "test-net-link-flap",
+        "require-snd",
+        "require-snd-capture",
+        "disable-snd",
+        "disable-snd-capture",
+        "expect-blk-msi",
+        "require-blk-msix",
+        "require-net-msix",
+        "require-snd-msix",
+        "require-input-msix",
+    }
+)
+# Aliases the Windows selftest accepts.
+FLAG_ALIASES = {"test-tablet-events": "test-input-tablet-events", "test-snd": "require-snd"}
+VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root"})
+
+ENV_PREFIX = "AERO_VIRTIO_SELFTEST_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The effective configuration the checks run with."""
+
+    flags: frozenset[str] = frozenset()
+    http_url: str = DEFAULT_HTTP_URL
+    udp_port: int = DEFAULT_UDP_PORT
+    dns_host: str = DEFAULT_DNS_HOST
+    blk_root: str = ""
+    unknown: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @property
+    def http_url_large(self) -> str:
+        return self.http_url + "-large"
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+
+@dataclasses.dataclass
+class _State:
+    flags: set[str]
+    values: dict[str, str]
+    unknown: list[str]
+
+
+def _apply_tokens(state: _State, tokens: Sequence[str]) -> None:
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        i += 1
+        if not tok.startswith("--"):
+            state.unknown.append(tok)
+            continue
+        name, eq, value = tok[2:].partition("=")
+        name = FLAG_ALIASES.get(name, name)
+        if name in VALUED:
+            if not eq:
+                if i < len(tokens) and not tokens[i].startswith("--"):
+                    value = tokens[i]
+                    i += 1
+                else:
+                    state.unknown.append(tok)
+                    continue
+            state.values[name] = value
+        elif name in FLAGS and (not eq or value.lower() in ("1", "true", "yes", "on")):
+            state.flags.add(name)
+        elif name in FLAGS and value.lower() in ("0", "false", "no", "off"):
+            state.flags.discard(name)
+        elif name.startswith("no-") and FLAG_ALIASES.get(name[3:], name[3:]) in FLAGS and not eq:
+            state.flags.discard(FLAG_ALIASES.get(name[3:], name[3:]))
+        else:
+            state.unknown.append(tok)
+
+
+def env_tokens(environ: Mapping[str, str]) -> list[str]:
+    """Map ``AERO_VIRTIO_SELFTEST_TEST_BLK_RESIZE=1`` style variables to ``--test-blk-resize``.
+
+    Only the names of known flags are honoured (``TEST_*``, ``REQUIRE_*``, ``EXPECT_*``, ``DISABLE_*``);
+    a value of 0/false/no/off (or empty) means "not set".
+    """
+    out = []
+    for key, value in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower().replace("_", "-")
+        name = FLAG_ALIASES.get(name, name)
+        if name in FLAGS and value.strip().lower() not in ("", "0", "false", "no", "off"):
+            out.append("--" + name)
+    return out
+
+
+def split_args(text: str) -> list[str]:
+    """Split an args file (shell syntax; ``#`` comments allowed; NUL bytes from fw_cfg ignored)."""
+    return shlex.split(text.replace("\x00", " "), comments=True)
+
+
+def merge(sources: Iterable[tuple[str, Sequence[str]]]) -> Config:
+    """Merge ``(source name, tokens)`` pairs in order into a Config (later valued args win)."""
+    state = _State(set(), {}, [])
+    used: list[str] = []
+    for source, tokens in sources:
+        if tokens:
+            used.append(source)
+        _apply_tokens(state, tokens)
+    unknown = list(state.unknown)
+    udp_port = DEFAULT_UDP_PORT
+    raw_port = state.values.get("udp-port")
+    if raw_port is not None:
+        try:
+            udp_port = int(raw_port)
+            if not 0 < udp_port < 65536:
+                raise ValueError(raw_port)
+        except ValueError:
+            unknown.append(f"--udp-port={raw_port}")
+            udp_port = DEFAULT_UDP_PORT
+    return Config(
+        flags=frozenset(state.flags),
+        http_url=state.values.get("http-url", DEFAULT_HTTP_URL),
+        udp_port=udp_port,
+        dns_host=state.values.get("dns-host", DEFAULT_DNS_HOST),
+        blk_root=state.values.get("blk-root", ""),
+        unknown=tuple(unknown),
+        sources=tuple(used),
+    )
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def load(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    image_args: Path = IMAGE_ARGS,
+    fw_cfg_args: Path = FW_CFG_ARGS,
+) -> Config:
+    """Read every source and merge them (env, image file, fw_cfg, argv)."""
+    sources: list[tuple[str, Sequence[str]]] = [("env", env_tokens(environ))]
+    for name, path in (("image", image_args), ("fw_cfg", fw_cfg_args)):
+        text = _read_text(path)
+        if text is not None:
+            try:
+                sources.append((name, split_args(text)))
+            except ValueError as exc:  # unbalanced quotes: report, keep going with the rest
+                sources.append((name, [f"<{name}: unparsable args: {exc}>"]))
+    sources.append(("argv", list(argv)))
+    return merge(sources)
+
+
+def config_fields(cfg: Config) -> dict[str, str | int]:
+    """The CONFIG line's fields (effective values, enabled flags as a comma list)."""
+    return {
+        "http_url": cfg.http_url,
+        "http_url_large": cfg.http_url_large,
+        "udp_port": cfg.udp_port,
+        "dns_host": cfg.dns_host,
+        "blk_root": cfg.blk_root or "auto",
+        "flags": ",".join(sorted(cfg.flags)) or "none",
+        "sources": ",".join(cfg.sources) or "defaults",
+    }
