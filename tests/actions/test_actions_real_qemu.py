@@ -81,7 +81,9 @@ def test_actions_on_real_qemu() -> None:
     async def main() -> None:
         qmp = await _connect(sock, proc)
         try:
-            cmds = {c["name"] for c in await qmp.execute("query-commands")}
+            listing = await qmp.execute("query-commands")
+            assert isinstance(listing, list)
+            cmds = {c["name"] for c in listing}
             props = {
                 d: frozenset({"display"})
                 for d in ("virtio-keyboard-pci", "virtio-mouse-pci", "virtio-tablet-pci")
