@@ -21,11 +21,14 @@ from pytest_aero_virtio.actions.base import (
 )
 from pytest_aero_virtio.actions.blk import BLK_RESIZE
 from pytest_aero_virtio.actions.input import INPUT_EVENTS, INPUT_MEDIA_KEYS, INPUT_TABLET_EVENTS
+from pytest_aero_virtio.actions.mirror import MIRROR
 from pytest_aero_virtio.actions.net import NET_LINK_FLAP
+from pytest_aero_virtio.config import VmConfig
 from pytest_aero_virtio.errors import AeroConfigError
 
 __all__ = [
     "ACTIONS",
+    "MIRROR",
     "ActionContext",
     "CapsView",
     "QmpExecutor",
@@ -59,3 +62,9 @@ def reactions_for(names: Iterable[str]) -> list[Reaction]:
         reaction = ACTIONS[name]
         out.setdefault(reaction.name, reaction)
     return list(out.values())
+
+
+def vm_reactions(vm: VmConfig, mirror: bool = True) -> list[Reaction]:
+    """Everything to arm for one VM: its named reactions plus (by default) the diagnostic mirror, which
+    copies guest irq/msix/throughput fields into stable ``AERO_VIRTIO_WIN7_HOST`` lines."""
+    return reactions_for(vm.reactions) + ([MIRROR] if mirror else [])

@@ -6,9 +6,9 @@ import asyncio
 import threading
 from typing import Any
 
+from aero_actions_rig import make_caps, rig, run
 from aero_fake_qmp import QmpFault
 
-from conftest import make_caps, rig, run
 from pytest_aero_virtio.actions import ActionContext, Reaction, Reactor
 from pytest_aero_virtio.errors import (
     QMP_BLK_RESIZE_FAILED,
