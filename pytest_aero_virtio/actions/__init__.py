@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pytest_aero_virtio.actions.base import (
+    UNBOUND_QMP,
     ActionContext,
     CapsView,
     QmpExecutor,
@@ -29,6 +30,7 @@ from pytest_aero_virtio.errors import AeroConfigError
 __all__ = [
     "ACTIONS",
     "MIRROR",
+    "UNBOUND_QMP",
     "ActionContext",
     "CapsView",
     "QmpExecutor",

@@ -26,6 +26,7 @@ from pytest_aero_virtio.markers import HostMarker, Marker, MarkerStream
 
 __all__ = [
     "DEFAULT_BLK_RESIZE_DELTA",
+    "UNBOUND_QMP",
     "ActionContext",
     "CapsView",
     "QmpExecutor",
@@ -56,6 +57,17 @@ class CapsView(Protocol):
 
     def has_command(self, name: str) -> bool: ...
 
+
+class UnboundQmp:
+    """Placeholder ``ActionContext.qmp`` until :meth:`Reactor.bind` supplies the VM's channel (the machine
+    creates its QMP channel only when it starts the VM, after the reactor is built)."""
+
+    async def execute(self, cmd: str, arguments: Mapping[str, object] | None = None) -> Any:
+        raise RuntimeError(f"QMP not bound yet (command {cmd!r}): call Reactor.bind(qmp) before QEMU starts")
+
+
+#: Pass as ``ActionContext(qmp=UNBOUND_QMP, ...)`` when the channel comes later through ``Reactor.bind``.
+UNBOUND_QMP = UnboundQmp()
 
 _UNSAFE = re.compile(r"[|\r\n]+")
 
@@ -175,6 +187,10 @@ class Reactor:
         self._loop = loop
         self._fired: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def bind(self, qmp: QmpExecutor) -> None:
+        """Give the actions their QMP channel (``VmSession`` calls this on the VM loop before QEMU starts)."""
+        self.ctx.qmp = qmp
 
     @property
     def pending(self) -> int:
