@@ -1,0 +1,67 @@
+"""Pure helpers of the machine layer: exit descriptions and the QEMU_EXITED messages waits raise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_aero_virtio.errors import QEMU_EXITED
+from pytest_aero_virtio.qemu.machine import StopTimeouts, describe_status, exit_failure, tail_lines
+
+
+@pytest.mark.parametrize(
+    ("rc", "text"),
+    [
+        (0, "exit status 0"),
+        (1, "exit status 1"),
+        (-9, "killed by signal 9 (SIGKILL)"),
+        (-15, "killed by signal 15 (SIGTERM)"),
+        (-200, "killed by signal 200 (unknown signal)"),
+        (None, "still running"),
+    ],
+)
+def test_describe_status(rc: int | None, text: str) -> None:
+    assert describe_status(rc) == text
+
+
+def test_tail_lines_skips_blank_and_decodes_leniently() -> None:
+    data = b"one\n\n  \ntwo\r\nthr\xffee\nfour"
+    assert tail_lines(data, 3) == ["two", "thr\ufffdee", "four"]
+    assert tail_lines(data, 0) == []
+    assert tail_lines(b"", 5) == []
+
+
+def test_exit_failure_distinguishes_the_cases() -> None:
+    tail = ["qemu-system-x86_64: -device foo: Property 'x' not found"]
+    start = exit_failure(1, during_start=True, result_seen=False, stopped_how=None, stderr_tail=tail)
+    assert start.token == QEMU_EXITED
+    assert start.message.startswith("QEMU exited during start-up (exit status 1)")
+    assert "qemu: qemu-system-x86_64: -device foo: Property 'x' not found" in start.message
+    assert start.fix is not None and "qemu-argv.txt" in start.fix
+
+    crash = exit_failure(-11, during_start=False, result_seen=False, stopped_how=None, stderr_tail=[])
+    assert (
+        crash.message
+        == "QEMU exited unexpectedly (killed by signal 11 (SIGSEGV)) before the guest's RESULT line"
+    )
+
+    normal = exit_failure(0, during_start=False, result_seen=True, stopped_how=None, stderr_tail=[])
+    assert "after the guest's RESULT line (normal end of the selftest)" in normal.message
+    assert "unexpectedly" not in normal.message
+
+    stopped = exit_failure(
+        0,
+        during_start=False,
+        result_seen=False,
+        stopped_how="quit",
+        stderr_tail=[],
+        artifacts={"serial": Path("/x/serial.log")},
+    )
+    assert stopped.message.startswith("the harness stopped QEMU (quit, exit status 0)")
+    assert stopped.artifacts == {"serial": Path("/x/serial.log")}
+    assert str(stopped).startswith("FAIL: QEMU_EXITED: ")
+
+
+def test_stop_timeouts_total() -> None:
+    assert StopTimeouts(quit=1, term=2, kill=3).total == 6
