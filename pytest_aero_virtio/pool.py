@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from . import options as opts
-from .actions import ACTIONS
+from .actions import vm_reactions
 from .actions.base import ActionContext, Reactor
 from .artifacts import ArtifactDir
 from .checks import BASE_CHECKS, CATALOG, GuestCheck, lookup
@@ -32,6 +33,7 @@ from .host.services import HostServices
 from .markers import HostMarker, Marker, MarkerStream
 from .plan import Plan, guest_args
 from .qemu.argv import RuntimePaths, build_argv, format_argv, prepare_overlay
+from .qemu.accel import kvm_device_usable, resolve_accel
 from .qemu.caps import Caps, probe_cached
 from .qemu.machine import QmpChannel, VmSession
 
@@ -123,27 +125,6 @@ def settings_from_config(config: pytest.Config) -> Settings:
     )
 
 
-def resolve_accel(choice: str, qemu: QemuCommand) -> str:
-    """``auto`` means TCG unless KVM demonstrably runs a guest here (see :func:`kvm_works`)."""
-    if choice in ("kvm", "tcg"):
-        return choice
-    return "kvm" if kvm_works(qemu) else "tcg"
-
-
-def kvm_works(qemu: QemuCommand) -> bool:  # pragma: no cover - depends on the host
-    """Whether KVM is usable: /dev/kvm opens read-write. Nested setups that open it but cannot run a
-    64-bit guest are common (this project's CI is one), so ``auto`` stays on TCG unless
-    ``AERO_VIRTIO_TRUST_KVM=1`` says the host is known good; ``--vm-accel=kvm`` forces it."""
-    if os.environ.get("AERO_VIRTIO_TRUST_KVM") != "1":
-        return False
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
 class _LateQmp:
     """The QMP executor handed to actions: bound to the VM's QMP channel once the session creates it."""
 
@@ -208,7 +189,9 @@ class VmHandle:
             log_path=self.artifacts.http,
         )
         self.wav_path = self.artifacts.file("audio.wav") if config.snd and config.audio == "wav" else None
-        self.overlay = self.artifacts.file("overlay.qcow2")
+        # The snapshot overlay takes the guest's writes: private and temporary, not an artifact.
+        self._private = Path(tempfile.mkdtemp(prefix="aero-vm-"))
+        self.overlay = self._private / "overlay.qcow2"
         self.image_format = "raw"
         self._qmp = _LateQmp()
         ctx = ActionContext(
@@ -219,8 +202,7 @@ class VmHandle:
             host_log=self._host_log,
             blk_resize_delta=settings.blk_resize_delta,
         )
-        reactions = [ACTIONS[name] for name in sorted(config.reactions) if name in ACTIONS]
-        self._reactions = _Reactions(Reactor(ctx, reactions), self._qmp, [self._check_config])
+        self._reactions = _Reactions(Reactor(ctx, vm_reactions(config)), self._qmp, [self._check_config])
         self._host_log_lock = threading.Lock()
         self.session = VmSession(
             self._argv,
@@ -285,7 +267,10 @@ class VmHandle:
         self.session.start()
 
     def stop(self) -> str:
-        return self.session.stop()
+        try:
+            return self.session.stop()
+        finally:
+            shutil.rmtree(self._private, ignore_errors=True)
 
     # -- waits ----------------------------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -298,7 +283,7 @@ class VmHandle:
         return self.stream.wait_result(self.remaining())
 
     def wait_config(self) -> Marker:
-        return self.stream.wait_kind("CONFIG", self.remaining())
+        return self.stream.wait_for(lambda m: m.kind == "CONFIG", self.remaining(), "the guest's CONFIG line")
 
     def required_checks(self) -> list[GuestCheck]:
         """Checks that must accompany RESULT|PASS on this VM: the base ones and every enabled opt-in."""
@@ -457,7 +442,15 @@ class VmPool:
 
     def accel(self) -> str:
         if self._accel is None:
-            self._accel = resolve_accel(self.settings.options.accel, self.settings.options.qemu)
+            o = self.settings.options
+            kernel = o.kernel
+            if o.accel == "auto" and kernel is None and kvm_device_usable():
+                from .refenv.image import ensure_image
+
+                kernel = ensure_image().kernel
+            from .refenv.cache import cache_root
+
+            self._accel = resolve_accel(o.accel, o.qemu, kernel, cache_root())
         return self._accel
 
     def get(self, config: VmConfig) -> VmHandle:
