@@ -180,6 +180,11 @@ class Wheel(Matcher):
     def done(self) -> bool:
         return self.wheel_total > 0 and (self.hwheel_total != 0 or not self.require_hwheel)
 
+    @property
+    def seen(self) -> bool:
+        """Some wheel motion arrived (done or not)."""
+        return self.wheel_total != 0 or self.hwheel_total != 0
+
     def feed(self, role: str, ev: Event) -> None:
         if ev.type == EV_REL and ev.code == REL_WHEEL:
             self.wheel_total += ev.value
@@ -197,13 +202,15 @@ class Wheel(Matcher):
 class AllOf(Matcher):
     """Done when every part is done; each part sees only the events of its own roles."""
 
-    def __init__(self, parts: dict[str, Matcher]) -> None:
+    def __init__(self, parts: dict[str, Matcher], optional: Iterable[str] = ()) -> None:
         self.parts = parts
+        self.optional = frozenset(optional)
         self.roles = frozenset().union(*(p.roles for p in parts.values()))
 
     @property
     def done(self) -> bool:
-        return all(p.done for p in self.parts.values())
+        """Every part but the optional ones is done (optional parts are fed, and reported, all the same)."""
+        return all(p.done for name, p in self.parts.items() if name not in self.optional)
 
     def feed(self, role: str, ev: Event) -> None:
         for p in self.parts.values():
@@ -211,7 +218,13 @@ class AllOf(Matcher):
                 p.feed(role, ev)
 
     def missing(self) -> list[str]:
-        return [name for name, p in self.parts.items() if not p.done]
+        out = []
+        for name, p in self.parts.items():
+            if isinstance(p, AllOf) and not p.done:
+                out += p.missing()
+            elif not p.done:
+                out.append(name)
+        return out
 
     def fields(self) -> dict[str, str | int]:
         out: dict[str, str | int] = {}

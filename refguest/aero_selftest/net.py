@@ -89,6 +89,15 @@ def parse_lease(text: str) -> dict[str, str]:
     return out
 
 
+def body_fnv1a64(body: bytes) -> int:
+    """FNV-1a 64 of a download.  A byte-wise Python FNV over 1 MiB takes ~1.5 s under TCG, so a body
+    identical to the protocol's pattern gets that pattern's hash (equal bytes, equal hash; the constant is
+    checked against :func:`fnv1a64` by the unit tests); any other body is hashed for real."""
+    if len(body) == LARGE_SIZE and body == pattern_bytes(LARGE_SIZE):
+        return LARGE_FNV1A64
+    return fnv1a64(body)
+
+
 def find_iface() -> tuple[str, str]:
     """(interface, virtioN) of the first network interface driven by virtio_net."""
     for name in sorted(os.listdir("/sys/class/net")):
@@ -287,7 +296,7 @@ def check_http(rep: Reporter, cfg: Config, st: NetState) -> None:
         t0 = time.monotonic()
         large = httpmini.get(large_url)
         t_large = time.monotonic() - t0
-        h = fnv1a64(large.body)
+        h = body_fnv1a64(large.body)
         etag = large.headers.get("etag", "").strip('"').lower()
         fields.update(
             large_ok=int(large.status == 200 and len(large.body) == LARGE_SIZE and h == LARGE_FNV1A64),
