@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+#: pytester runs the plugin end to end in child pytest processes (tests/e2e).
+pytest_plugins = ["pytester"]
+
 
 def _qemu_children_of(pid: int) -> list[int]:
     """PIDs of live qemu-system processes whose parent chain reaches ``pid`` (read from /proc)."""

@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
-
 def qemu_pids_with(marker: str) -> list[int]:
     """PIDs of live (non-zombie) processes whose command line contains ``marker``."""
     out = []
