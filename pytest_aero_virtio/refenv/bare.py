@@ -25,8 +25,8 @@ from pytest_aero_virtio.config import (
     DEFAULT_UDP_PORT,
     QemuCommand,
     RunOptions,
+    VmConfig,
 )
-from pytest_aero_virtio.config import VmConfig
 from pytest_aero_virtio.qemu.argv import RuntimePaths, build_argv, format_argv, prepare_overlay
 from pytest_aero_virtio.qemu.caps import Caps, probe_cached
 
@@ -149,7 +149,7 @@ def bare_argv(
     wav: Path | None = None,
     memory_mib: int = 512,
 ) -> list[str]:
-    """The plain command line: all default devices, sound when the QEMU has it (``snd=None``), serial stdio."""
+    """The plain command line: default devices, sound if the QEMU has it (``snd=None``), serial stdio."""
     with_snd = caps.has_device("virtio-sound-pci") if snd is None else snd
     opts = RunOptions(
         qemu=QemuCommand(qemu),
@@ -180,7 +180,7 @@ def run_bare(
     udp_port: int = DEFAULT_UDP_PORT,
     snd: bool | None = None,
 ) -> int:
-    """Print the command line (stdout); with ``run``, serve, boot, stream the serial port, return QEMU's status.
+    """Print the command line; with ``run``, serve, boot, stream the serial port and return QEMU's status.
 
     Printing alone leaves the overlay (and wav) in a fresh temp dir so the printed command works when pasted.
     """

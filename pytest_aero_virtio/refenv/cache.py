@@ -74,7 +74,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_entry(root: Path, kind: str, key: str, build: Callable[[Path, Path], None]) -> Path:
-    """Return ``root/<kind>-<key>``, building it with ``build(tmpdir, final_path)`` first if it does not exist.
+    """Return ``root/<kind>-<key>``, building it first with ``build(tmpdir, final_path)`` if missing.
 
     The fast path is one ``stat``.  Otherwise the entry's lock is taken, existence re-checked (another
     process may have built it meanwhile), and ``build`` fills a temp sibling that is renamed into place

@@ -17,7 +17,7 @@ from pytest_aero_virtio.config import DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="aero-virtio-refenv",
-        description="Reference environment of pytest-aero-virtio: pinned QEMU 10 and a Linux reference guest.",
+        description="Reference environment of pytest-aero-virtio: pinned QEMU 10, Linux reference guest.",
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("qemu", help="provision Debian 13's QEMU 10 if needed; print its launcher path")

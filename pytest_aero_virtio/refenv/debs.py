@@ -88,7 +88,7 @@ class DebInfo:
 
 
 def _deb822_paragraphs(text: str) -> list[dict[str, str]]:
-    """Split a deb822 file into paragraphs of ``Field: value`` (continuation lines joined, comments dropped)."""
+    """Split deb822 text into paragraphs of ``field: value`` (continuations joined, comments dropped)."""
     paras: list[dict[str, str]] = []
     cur: dict[str, str] = {}
     last: str | None = None
@@ -324,7 +324,7 @@ class Apt:
 
     # -- queries -------------------------------------------------------------------------------------------
     def closure(self, packages: Sequence[str]) -> list[str]:
-        """Hard-dependency closure of ``packages`` (no recommends/suggests), filtered (parse_depends_closure)."""
+        """Hard-dependency closure of ``packages`` (no recommends/suggests), see parse_depends_closure."""
         out = self._run(
             [
                 "apt-cache",
@@ -413,5 +413,6 @@ def unpack(debs: Iterable[Path], dest: Path) -> None:
         )
         if proc.returncode != 0:
             raise AptError(
-                f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; fix: delete {deb} (corrupt download) and retry"
+                f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; "
+                f"fix: delete {deb} (corrupt download) and retry"
             )

@@ -5,7 +5,7 @@ Layers, each a cache entry (cache.py) keyed by a hash of its inputs:
 - ``base-<key>``: kernel, decompressed modules, busybox, Python 3.13 (stripped stdlib, precompiled .pyc), alsa
   and ``/init`` as ``base.cpio`` (plus the unpacked ``rootfs/`` whose Python compiles the guest layer).
   Keyed by the resolved package versions and this builder's source.
-- ``guest-<key>``: the selftest package and ``/etc/aero-selftest/args`` as ``guest.cpio``, keyed by their bytes;
+- ``guest-<key>``: the selftest package and ``/etc/aero-selftest/args`` as ``guest.cpio``, keyed by bytes;
   editing the selftest rebuilds only this layer and the disk.
 - ``image-<key>``: ``initrd.img`` (base + guest cpio concatenated; Linux unpacks concatenated archives),
   ``vmlinuz`` and ``disk.img`` (plain FAT, SYSLINUX, no partition table) that SeaBIOS boots from a
@@ -94,7 +94,7 @@ class ImageBuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class RefImage:
-    """A built reference guest: boot ``disk`` like a Windows image, or ``kernel``/``initrd``/``append`` directly."""
+    """A built reference guest: boot ``disk`` like a Windows image, or kernel/initrd/append directly."""
 
     disk: Path
     kernel: Path
@@ -157,7 +157,10 @@ poweroff -f
 
 def render_syslinux_cfg(append: str) -> str:
     """SYSLINUX config: boot at once (no prompt, no timeout) with the image's fixed command line."""
-    return f"DEFAULT aero\nPROMPT 0\nTIMEOUT 0\nLABEL aero\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {append}\n"
+    return (
+        "DEFAULT aero\nPROMPT 0\nTIMEOUT 0\nLABEL aero\n"
+        f"  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {append}\n"
+    )
 
 
 def stdlib_keep(relpath: str) -> bool:

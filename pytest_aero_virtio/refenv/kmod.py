@@ -42,9 +42,9 @@ def render_modules_dep(paths_deps: Mapping[str, Iterable[str]]) -> str:
 def load_order(dep: Mapping[str, list[str]], wanted: Iterable[str], builtin: Iterable[str] = ()) -> list[str]:
     """Module paths to ``insmod`` so every module comes after what it depends on.
 
-    ``wanted`` are module names; ones in ``builtin`` (from modules.builtin) are skipped.  A wanted name that is
-    neither a module nor built in raises KeyError naming it: a silently missing driver would show up much
-    later as a confusing guest failure.
+    ``wanted`` are module names; ones in ``builtin`` (from modules.builtin) are skipped.  A wanted name
+    that is neither a module nor built in raises KeyError naming it: a silently missing driver would
+    show up much later as a confusing guest failure.
     """
     by_name = {normalize(p): p for p in dep}
     built = {normalize(b) for b in builtin}
