@@ -23,6 +23,7 @@ from pytest_aero_virtio.config import (
     DEFAULT_HTTP_PATH,
     DEFAULT_HTTP_PORT,
     DEFAULT_UDP_PORT,
+    AudioBackend,
     QemuCommand,
     RunOptions,
     VmConfig,
@@ -46,9 +47,16 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def guest_args(http_port: int, udp_port: int, http_path: str = DEFAULT_HTTP_PATH) -> str:
-    """The fw_cfg ``opt/aero/args`` string telling the guest where the host services are."""
-    return f"--http-url=http://10.0.2.2:{http_port}{http_path} --udp-port={udp_port}"
+def guest_args(
+    http_port: int, udp_port: int, http_path: str = DEFAULT_HTTP_PATH, no_capture: bool = False
+) -> str:
+    """The fw_cfg ``opt/aero/args`` string: where the host services are, and whether to skip capture.
+
+    QEMU's wav audio backend records playback but has no input (capture fails with EIO in the guest,
+    PROTOCOL.md section 6), so a run with ``-audiodev wav`` tells the guest ``--disable-snd-capture``.
+    """
+    args = f"--http-url=http://10.0.2.2:{http_port}{http_path} --udp-port={udp_port}"
+    return args + (" --disable-snd-capture" if no_capture else "")
 
 
 def _handler(path: str, body: bytes, etag: str) -> type[http.server.BaseHTTPRequestHandler]:
@@ -148,6 +156,7 @@ def bare_argv(
     snd: bool | None = None,
     wav: Path | None = None,
     memory_mib: int = 512,
+    audio: AudioBackend = "wav",
 ) -> list[str]:
     """The plain command line: default devices, sound if the QEMU has it (``snd=None``), serial stdio."""
     with_snd = caps.has_device("virtio-sound-pci") if snd is None else snd
@@ -159,12 +168,12 @@ def bare_argv(
         http_port=http_port,
         udp_port=udp_port,
     )
-    vm = VmConfig(snd=with_snd, audio="wav")
+    vm = VmConfig(snd=with_snd, audio=audio)
     rt = RuntimePaths(
         serial="stdio",
         qmp=None,
-        wav_path=(wav or overlay.with_name("bare.wav")) if with_snd else None,
-        guest_args=guest_args(http_port, udp_port),
+        wav_path=(wav or overlay.with_name("bare.wav")) if with_snd and audio == "wav" else None,
+        guest_args=guest_args(http_port, udp_port, no_capture=with_snd and audio == "wav"),
         accel="tcg",
         image_format="raw",
         overlay=overlay,
@@ -179,6 +188,7 @@ def run_bare(
     http_port: int = DEFAULT_HTTP_PORT,
     udp_port: int = DEFAULT_UDP_PORT,
     snd: bool | None = None,
+    audio: AudioBackend = "wav",
 ) -> int:
     """Print the command line; with ``run``, serve, boot, stream the serial port and return QEMU's status.
 
@@ -188,7 +198,7 @@ def run_bare(
     tmp = Path(tempfile.mkdtemp(prefix="aero-bare-"))
     overlay = tmp / "overlay.qcow2"
     prepare_overlay(disk, overlay)
-    argv = bare_argv(qemu, disk, caps, overlay, http_port, udp_port, snd)
+    argv = bare_argv(qemu, disk, caps, overlay, http_port, udp_port, snd, audio=audio)
     if not run:
         print(format_argv(argv))
         return 0

@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--qemu", type=Path, help="qemu-system-x86_64 to use (default: the pinned QEMU 10)")
     r.add_argument("--image", type=Path, help="disk image to boot (default: the reference image)")
     r.add_argument("--no-snd", action="store_true", help="no virtio-sound device even if the QEMU has one")
+    r.add_argument(
+        "--audio",
+        choices=("wav", "none"),
+        default="wav",
+        help="wav: record playback to a file (the guest skips capture); none: capture works (silence)",
+    )
     r.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     r.add_argument("--udp-port", type=int, default=DEFAULT_UDP_PORT)
     return p
