@@ -112,7 +112,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = []
 
 
-def pytest_report_header(config: pytest.Config) -> list[str] | None:
+def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items: list[pytest.Item]) -> list[str] | None:
     ctx = config.stash.get(_PLAN_KEY, None)
     if ctx is None:
         return None

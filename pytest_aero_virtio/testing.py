@@ -125,13 +125,14 @@ class AeroVm:
                 f"see {self.handle.artifacts.host_markers}",
                 pytrace=False,
             )
-        last = found[-1]
-        if status == "PASS" and any(h.status == "PASS" for h in found):
-            last = next(h for h in reversed(found) if h.status == "PASS")
-        self._record(f"host.{topic}", last.line())
-        if last.status != status:
-            pytest.fail(f"FAIL: {topic}_{last.status}: expected {status}: {last.line()}", pytrace=False)
-        return last
+        matching = [h for h in found if h.status == status]
+        chosen = matching[-1] if matching else found[-1]
+        self._record(f"host.{topic}.{chosen.status}", chosen.line())
+        if not matching:
+            seen = ", ".join(h.line() for h in found)
+            pytest.fail(f"FAIL: {topic}_{chosen.status}: the host never recorded {status}; it recorded: {seen}",
+                        pytrace=False)
+        return chosen
 
     def host_markers(self, topic: str | None = None) -> list[HostMarker]:
         return [h for h in self.handle.host_markers() if topic is None or h.topic == topic]

@@ -59,6 +59,7 @@ DEVICE_IDS: dict[str, str] = {
     "tablet": "vtablet0",
     "snd": "vsnd0",
     "display": "vga0",
+    "tablet_display": "vga1",
     "netdev": "net0",
     "disk_node": "disk0",
     "audiodev": "snd0",
@@ -314,8 +315,14 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
             "-mon",
             f"chardev={ids['qmp_chardev']},mode=control",
         ]
-    # The display must exist before the input devices bind to it (PROTOCOL.md section 6).
+    # The displays must exist before the input devices bind to them (PROTOCOL.md section 6). The tablet gets a
+    # console of its own: bound to the same one as the mouse, button events would go to whichever pointer the
+    # guest activated last (ui/input.c), so tablet clicks could land on the mouse.
     argv += ["-device", f"VGA,id={ids['display']}"]
+    tablet_display = ids["display"]
+    if vm.tablet and caps.has_device("secondary-vga"):
+        tablet_display = ids["tablet_display"]
+        argv += ["-device", f"secondary-vga,id={tablet_display}"]
 
     if opts.image is not None:
         argv += _disk_args(opts, rt, opts.image)
@@ -339,7 +346,8 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
     for driver, dev_id in inputs:
         extra: tuple[tuple[str, object], ...] = ()
         if caps.has_prop(driver, "display"):
-            extra = (("display", ids["display"]),)
+            display = tablet_display if dev_id == ids["tablet"] else ids["display"]
+            extra = (("display", display),)
         argv += _virtio_device(caps, driver, dev_id, vm, vm.vectors.input, extra)
 
     if vm.snd:

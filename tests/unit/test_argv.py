@@ -25,7 +25,7 @@ VIRTIO = ("virtio-blk-pci", "virtio-net-pci", "virtio-keyboard-pci", "virtio-mou
 BASE_PROPS = frozenset({"vectors", "disable-legacy"})
 CAPS_72 = Caps(
     (7, 2, 0),
-    frozenset({*VIRTIO, "VGA"}),
+    frozenset({*VIRTIO, "VGA", "secondary-vga"}),
     {
         **{d: BASE_PROPS for d in VIRTIO},
         **{d: BASE_PROPS | {"display"} for d in VIRTIO if "blk" not in d and "net" not in d},
@@ -100,8 +100,12 @@ def test_display_created_before_inputs_and_bound_when_supported() -> None:
     assert drivers[0] == "VGA" and device(argv, "VGA") == {"id": "vga0"}
     for drv in ("virtio-keyboard-pci", "virtio-mouse-pci", "virtio-tablet-pci"):
         assert drivers.index("VGA") < drivers.index(drv)
-        assert device(argv, drv)["display"] == "vga0"
+        assert drivers.index("secondary-vga") < drivers.index(drv)
+        assert device(argv, drv)["display"] == ("vga1" if drv == "virtio-tablet-pci" else "vga0")
     assert device(argv, "virtio-tablet-pci")["id"] == "vtablet0"
+    assert device(argv, "secondary-vga") == {"id": "vga1"}
+    # without a tablet there is no second display
+    assert "secondary-vga" not in [d.split(",")[0] for d in device_args(build_argv(OPTS, VmConfig(), CAPS_72, RT))]
 
 
 def test_no_display_property_when_caps_lack_it() -> None:
