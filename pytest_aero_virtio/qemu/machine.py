@@ -209,7 +209,7 @@ def kill_all() -> int:
     return n
 
 
-def stop_all(timeout_each: float | None = None) -> None:
+def stop_all() -> None:
     """Orderly :meth:`VmSession.stop` of every live session (session teardown); never raises."""
     for session in live_sessions():
         try:

@@ -311,9 +311,11 @@ def test_pdeathsig_kills_qemu_when_harness_dies(tmp_path: Path) -> None:
         from pathlib import Path
         from pytest_aero_virtio.artifacts import ArtifactDir
         from pytest_aero_virtio.qemu.machine import VmSession
+        st = conftest.StandInStream()
         s = VmSession(conftest.fake_argv, artifacts=ArtifactDir(Path({str(tmp_path)!r}), "child"),
-                      stream=conftest.StandInStream(), env={{"FAKE_QEMU_PIDFILE": {str(pidfile)!r}}})
+                      stream=st, env={{"FAKE_QEMU_PIDFILE": {str(pidfile)!r}}})
         s.start()
+        st.wait_for("RESULT", 10)  # the fake is done writing: nothing but PDEATHSIG can end it now
         print("started", flush=True)
         time.sleep(60)
     """)
@@ -331,6 +333,8 @@ def test_pdeathsig_kills_qemu_when_harness_dies(tmp_path: Path) -> None:
         if child.poll() is None:
             child.kill()
             child.wait()
+        if pidfile.exists() and not process_gone(int(pidfile.read_text())):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)  # do not leak it when the assertion failed
 
 
 def test_real_marker_stream_wait_final_ends_on_crash(tmp_path: Path) -> None:
