@@ -549,7 +549,11 @@ class VmSession:
         Idempotent and safe from any thread; returns how QEMU ended. A re-entrant call on the thread already
         stopping (a signal handler) only SIGKILLs the process group.
         """
-        if self._stop_thread == threading.get_ident():
+        if self._stop_thread == threading.get_ident() or (
+            self._thread is not None and threading.current_thread() is self._thread
+        ):
+            # Re-entered from a signal handler, or called on the VM loop (a subscriber/action): an orderly
+            # stop would wait for this very thread, so only kill; the owner's stop() finishes the job.
             self.kill()
             return self.ended or "kill"
         with self._stop_lock:
