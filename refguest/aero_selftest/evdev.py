@@ -220,6 +220,8 @@ class AllOf(Matcher):
     def missing(self) -> list[str]:
         out = []
         for name, p in self.parts.items():
+            if name in self.optional:
+                continue
             if isinstance(p, AllOf) and not p.done:
                 out += p.missing()
             elif not p.done:

@@ -27,7 +27,7 @@ TONE_HZ = 440.0
 TONE_S = 1.0
 CAPTURE_FRAMES = RATE // 2
 WORK = Path("/tmp/aero-snd")
-BUFFER_CASES = (("tiny", 64, 256), ("medium", 1024, 4096), ("large", 4096, 32768))
+BUFFER_CASES = (("tiny", 256, 1024), ("medium", 1024, 4096), ("large", 4096, 32768))
 
 NAMES = (
     "virtio-snd",

@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pytest_aero_virtio.host.services import HostServices  # noqa: E402
-from pytest_aero_virtio.refenv.image import ensure_image  # noqa: E402
+from pytest_aero_virtio.host.services import HostServices
+from pytest_aero_virtio.refenv.image import ensure_image
 
 
 class Qmp:
@@ -45,8 +45,8 @@ class Qmp:
         self.f.readline()
         self.cmd("qmp_capabilities")
 
-    def cmd(self, name: str, **args: Any) -> Any:
-        self.f.write(json.dumps({"execute": name, "arguments": args}).encode() + b"\n")
+    def cmd(self, cmd_name: str, **args: Any) -> Any:
+        self.f.write(json.dumps({"execute": cmd_name, "arguments": args}).encode() + b"\n")
         self.f.flush()
         while True:
             msg = json.loads(self.f.readline())
@@ -77,34 +77,46 @@ def act(qmp: Qmp, line: str, stop: threading.Event, wheel: bool, extended: bool)
         print("HOST link up", qmp.cmd("set_link", name="n0", up=True), flush=True)
     elif "virtio-input-events|READY" in line:
         while not stop.is_set():
-            for k in ["a"] + (["shift", "b", "ctrl", "alt", "f1"] if extended else []):
-                pass
-            send([key("a", True)]); send([key("a", False)])
+            keys = ["a"] + (["ctrl", "alt", "f1"] if extended else [])
+            for k in keys:
+                press(send, k)
             if extended:
-                send([key("shift", True)]); send([key("b", True)]); send([key("b", False)])
-                send([key("shift", False)])
-                for k in ("ctrl", "alt", "f1"):
-                    send([key(k, True)]); send([key(k, False)])
-            send([{"type": "rel", "data": {"axis": "x", "value": 10}}, {"type": "rel", "data": {"axis": "y", "value": 5}}])
-            send([btn("left", True)]); send([btn("left", False)])
-            if wheel or extended:
-                for b in ("wheel-up", "wheel-right"):
-                    send([btn(b, True)]); send([btn(b, False)])
-            if extended:
-                for b in ("side", "extra"):
-                    send([btn(b, True)]); send([btn(b, False)])
+                for k, down in (("shift", True), ("b", True), ("b", False), ("shift", False)):
+                    send([key(k, down)])
+            send([rel("x", 10), rel("y", 5)])
+            buttons = ["left"] + (["wheel-up", "wheel-right"] if wheel or extended else [])
+            buttons += ["side", "extra"] if extended else []
+            for b in buttons:
+                click(send, b)
             stop.wait(0.5)
     elif "virtio-input-media-keys|READY" in line:
         while not stop.is_set():
-            send([key("volumeup", True)]); send([key("volumeup", False)])
+            press(send, "volumeup")
             stop.wait(0.5)
     elif "virtio-input-tablet-events|READY" in line:
         while not stop.is_set():
-            a = lambda ax, v: {"type": "abs", "data": {"axis": ax, "value": v}}  # noqa: E731
-            send([a("x", 0), a("y", 0)], device="vga0")
-            send([a("x", 10000), a("y", 20000)], device="vga0")
-            send([btn("left", True)], device="vga0"); send([btn("left", False)], device="vga0")
+            send([absev("x", 0), absev("y", 0)], device="vga0")
+            send([absev("x", 10000), absev("y", 20000)], device="vga0")
+            click(send, "left", device="vga0")
             stop.wait(0.5)
+
+
+def rel(axis: str, v: int) -> dict[str, Any]:
+    return {"type": "rel", "data": {"axis": axis, "value": v}}
+
+
+def absev(axis: str, v: int) -> dict[str, Any]:
+    return {"type": "abs", "data": {"axis": axis, "value": v}}
+
+
+def press(send: Any, k: str) -> None:
+    send([key(k, True)])
+    send([key(k, False)])
+
+
+def click(send: Any, b: str, **kw: Any) -> None:
+    send([btn(b, True)], **kw)
+    send([btn(b, False)], **kw)
 
 
 def main() -> int:
@@ -131,20 +143,48 @@ def main() -> int:
     svc = HostServices(http_port=0, udp_port=0)
     asyncio.run_coroutine_threadsafe(svc.start(), loop).result(10)
     http_port, udp_port = (svc.http_port, svc.udp_port) if not ns.bad_port else (1, 9)
-    guest_args = f"--http-url=http://10.0.2.2:{http_port}/aero-virtio-selftest --udp-port={udp_port} {ns.args}"
+    url = f"http://10.0.2.2:{http_port}/aero-virtio-selftest"
+    guest_args = f"--http-url={url} --udp-port={udp_port} {ns.args}"
     tmp = tempfile.mkdtemp(prefix="aero-vmrun-")
     sock = os.path.join(tmp, "q.sock")
     vec = f",vectors={ns.vectors}" if ns.vectors is not None else ""
-    argv = [ns.qemu, "-machine", "q35", "-m", "512", "-nodefaults", "-display", "none", "-serial", "stdio",
-            "-no-reboot", "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", img.append,
-            "-qmp", f"unix:{sock},server=on,wait=off",
-            "-device", "VGA,id=vga0",
-            "-drive", f"if=none,id=d0,file={img.disk},format=raw,snapshot=on",
-            "-device", f"virtio-blk-pci,drive=d0,disable-legacy=on{vec}",
-            "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,disable-legacy=on{vec}",
-            "-device", f"virtio-keyboard-pci,disable-legacy=on{vec}",
-            "-device", f"virtio-mouse-pci,disable-legacy=on{vec}",
-            "-fw_cfg", f"name=opt/aero/args,string={guest_args.replace(',', ',,')}"]
+    argv = [
+        ns.qemu,
+        "-machine",
+        "q35",
+        "-m",
+        "512",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-kernel",
+        str(img.kernel),
+        "-initrd",
+        str(img.initrd),
+        "-append",
+        img.append,
+        "-qmp",
+        f"unix:{sock},server=on,wait=off",
+        "-device",
+        "VGA,id=vga0",
+        "-drive",
+        f"if=none,id=d0,file={img.disk},format=raw,snapshot=on",
+        "-device",
+        f"virtio-blk-pci,drive=d0,disable-legacy=on{vec}",
+        "-netdev",
+        "user,id=n0",
+        "-device",
+        f"virtio-net-pci,netdev=n0,disable-legacy=on{vec}",
+        "-device",
+        f"virtio-keyboard-pci,disable-legacy=on{vec}",
+        "-device",
+        f"virtio-mouse-pci,disable-legacy=on{vec}",
+        "-fw_cfg",
+        f"name=opt/aero/args,string={guest_args.replace(',', ',,')}",
+    ]
     if ns.tablet:
         argv += ["-device", f"virtio-tablet-pci,disable-legacy=on,display=vga0{vec}"]
     if ns.snd:
