@@ -21,7 +21,6 @@ GROUP = "aero-virtio"
 GROUP_DESCRIPTION = "aero virtio selftest under QEMU (pytest-aero-virtio)"
 
 
-
 @dataclass(frozen=True)
 class Option:
     """One plugin option; ``ini`` is also the key in pytest.ini/pyproject/tox.ini ``[pytest]``."""
@@ -36,54 +35,133 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--vm-image", "vm_image", "guest disk image (raw or qcow2); never modified while snapshot is on",
-           default=None, metavar="PATH"),
-    Option("--qemu-system", "qemu_system", "qemu-system-x86_64 binary or launcher (>= 7.2)", default=None,
-           metavar="PATH"),
+    Option(
+        "--vm-image",
+        "vm_image",
+        "guest disk image (raw or qcow2); never modified while snapshot is on",
+        default=None,
+        metavar="PATH",
+    ),
+    Option(
+        "--qemu-system",
+        "qemu_system",
+        "qemu-system-x86_64 binary or launcher (>= 7.2)",
+        default=None,
+        metavar="PATH",
+    ),
     Option("--vm-memory", "vm_memory", "guest memory in MiB", default="512", metavar="MIB"),
     Option("--vm-smp", "vm_smp", "number of guest vCPUs", default="1", metavar="N"),
     Option("--vm-machine", "vm_machine", "QEMU machine type", default="q35", metavar="TYPE"),
-    Option("--vm-accel", "vm_accel", "accelerator: auto picks kvm only when it really runs a guest",
-           default="auto", choices=("auto", "kvm", "tcg")),
-    Option("--vm-timeout", "vm_timeout", "seconds from QEMU start until every awaited marker must be in",
-           default="600", metavar="S"),
-    Option("--vm-silence-timeout", "vm_silence_timeout",
-           "seconds the guest may print nothing on the serial port after QEMU starts", default="300",
-           metavar="S"),
-    Option("--vm-snapshot", "vm_snapshot", "run the disk with snapshot=on (on|off); off writes the image",
-           default="on", choices=("on", "off")),
+    Option(
+        "--vm-accel",
+        "vm_accel",
+        "accelerator: auto picks kvm only when it really runs a guest",
+        default="auto",
+        choices=("auto", "kvm", "tcg"),
+    ),
+    Option(
+        "--vm-timeout",
+        "vm_timeout",
+        "seconds from QEMU start until every awaited marker must be in",
+        default="600",
+        metavar="S",
+    ),
+    Option(
+        "--vm-silence-timeout",
+        "vm_silence_timeout",
+        "seconds the guest may print nothing on the serial port after QEMU starts",
+        default="300",
+        metavar="S",
+    ),
+    Option(
+        "--vm-snapshot",
+        "vm_snapshot",
+        "run the disk with snapshot=on (on|off); off writes the image",
+        default="on",
+        choices=("on", "off"),
+    ),
     Option("--vm-kernel", "vm_kernel", "direct kernel boot: kernel image", default=None, metavar="PATH"),
     Option("--vm-initrd", "vm_initrd", "direct kernel boot: initrd", default=None, metavar="PATH"),
-    Option("--vm-append", "vm_append", "direct kernel boot: kernel command line", default=None, metavar="CMDLINE"),
-    Option("--vm-direct-boot", "vm_direct_boot",
-           "boot the reference guest's kernel directly instead of through SYSLINUX (on|off)", default="off",
-           choices=("on", "off")),
-    Option("--qemu-extra-arg", "qemu_extra_args", "extra QEMU argument, appended last (repeatable)",
-           kind="args", metavar="ARG"),
-    Option("--vm-guest-arg", "vm_guest_args", "extra guest selftest argument sent through fw_cfg (repeatable)",
-           kind="args", metavar="ARG"),
-    Option("--vm-http-port", "vm_http_port",
-           "host HTTP port, or 'auto' (ephemeral, told to the guest); default auto for the reference guest, "
-           f"{DEFAULT_HTTP_PORT} for --vm-image", default=None, metavar="PORT|auto"),
-    Option("--vm-udp-port", "vm_udp_port",
-           f"host UDP echo port, or 'auto'; default auto for the reference guest, {DEFAULT_UDP_PORT} for "
-           "--vm-image", default=None, metavar="PORT|auto"),
-    Option("--vm-http-path", "vm_http_path", "HTTP path the guest fetches", default=DEFAULT_HTTP_PATH,
-           metavar="PATH"),
-    Option("--vm-artifacts", "vm_artifacts", "directory for per-VM logs (serial, QEMU argv/stderr, QMP, HTTP)",
-           default="aero-artifacts", metavar="DIR"),
+    Option(
+        "--vm-append", "vm_append", "direct kernel boot: kernel command line", default=None, metavar="CMDLINE"
+    ),
+    Option(
+        "--vm-direct-boot",
+        "vm_direct_boot",
+        "boot the reference guest's kernel directly instead of through SYSLINUX (on|off)",
+        default="off",
+        choices=("on", "off"),
+    ),
+    Option(
+        "--qemu-extra-arg",
+        "qemu_extra_args",
+        "extra QEMU argument, appended last (repeatable)",
+        kind="args",
+        metavar="ARG",
+    ),
+    Option(
+        "--vm-guest-arg",
+        "vm_guest_args",
+        "extra guest selftest argument sent through fw_cfg (repeatable)",
+        kind="args",
+        metavar="ARG",
+    ),
+    Option(
+        "--vm-http-port",
+        "vm_http_port",
+        "host HTTP port, or 'auto' (ephemeral, told to the guest); default auto for the reference guest, "
+        f"{DEFAULT_HTTP_PORT} for --vm-image",
+        default=None,
+        metavar="PORT|auto",
+    ),
+    Option(
+        "--vm-udp-port",
+        "vm_udp_port",
+        f"host UDP echo port, or 'auto'; default auto for the reference guest, {DEFAULT_UDP_PORT} for "
+        "--vm-image",
+        default=None,
+        metavar="PORT|auto",
+    ),
+    Option(
+        "--vm-http-path",
+        "vm_http_path",
+        "HTTP path the guest fetches",
+        default=DEFAULT_HTTP_PATH,
+        metavar="PATH",
+    ),
+    Option(
+        "--vm-artifacts",
+        "vm_artifacts",
+        "directory for per-VM logs (serial, QEMU argv/stderr, QMP, HTTP)",
+        default="aero-artifacts",
+        metavar="DIR",
+    ),
     Option("--follow-serial", "follow_serial", "print the guest's serial output live", kind="bool"),
     Option("--vm-dry-run", "vm_dry_run", "print each planned QEMU command line and run nothing", kind="bool"),
-    Option("--virtio-msix-vectors", "virtio_msix_vectors", "MSI-X vectors for every virtio device (0 = INTx)",
-           default=None, metavar="N"),
+    Option(
+        "--virtio-msix-vectors",
+        "virtio_msix_vectors",
+        "MSI-X vectors for every virtio device (0 = INTx)",
+        default=None,
+        metavar="N",
+    ),
     *(
-        Option(f"--virtio-{dev}-vectors", f"virtio_{dev}_vectors",
-               f"MSI-X vectors for virtio-{dev} (0 = INTx), overrides --virtio-msix-vectors", default=None,
-               metavar="N")
+        Option(
+            f"--virtio-{dev}-vectors",
+            f"virtio_{dev}_vectors",
+            f"MSI-X vectors for virtio-{dev} (0 = INTx), overrides --virtio-msix-vectors",
+            default=None,
+            metavar="N",
+        )
         for dev in ("blk", "net", "input", "snd")
     ),
-    Option("--blk-resize-delta-mib", "blk_resize_delta_mib", "how much the blk resize reaction grows the disk",
-           default="64", metavar="MIB"),
+    Option(
+        "--blk-resize-delta-mib",
+        "blk_resize_delta_mib",
+        "how much the blk resize reaction grows the disk",
+        default="64",
+        metavar="MIB",
+    ),
 )
 
 
@@ -149,7 +227,9 @@ def parse_http_path(value: str) -> str:
         raise _fail("--vm-http-path", value, "must start with '/'", f"pass --vm-http-path=/{value}")
     bad = [ch for ch in value if ch.isspace() or ch in "|?#"]
     if bad:
-        raise _fail("--vm-http-path", value, f"contains {bad[0]!r}", "use a plain path like /aero-virtio-selftest")
+        raise _fail(
+            "--vm-http-path", value, f"contains {bad[0]!r}", "use a plain path like /aero-virtio-selftest"
+        )
     return value
 
 
@@ -166,11 +246,21 @@ def readable_file(flag: str, value: str | None) -> Path | None:
         return None
     path = Path(os.path.expanduser(str(value)))
     if not path.exists():
-        raise AeroConfigError(f"{flag}: {path} does not exist", fix=f"pass an existing file to {flag}", token=IMAGE_UNREADABLE)
+        raise AeroConfigError(
+            f"{flag}: {path} does not exist", fix=f"pass an existing file to {flag}", token=IMAGE_UNREADABLE
+        )
     if not path.is_file():
-        raise AeroConfigError(f"{flag}: {path} is not a regular file", fix=f"pass a disk image file to {flag}", token=IMAGE_UNREADABLE)
+        raise AeroConfigError(
+            f"{flag}: {path} is not a regular file",
+            fix=f"pass a disk image file to {flag}",
+            token=IMAGE_UNREADABLE,
+        )
     if not os.access(path, os.R_OK):
-        raise AeroConfigError(f"{flag}: {path} is not readable by this user", fix=f"chmod a+r {path} or run as its owner", token=IMAGE_UNREADABLE)
+        raise AeroConfigError(
+            f"{flag}: {path} is not readable by this user",
+            fix=f"chmod a+r {path} or run as its owner",
+            token=IMAGE_UNREADABLE,
+        )
     return path.resolve()
 
 

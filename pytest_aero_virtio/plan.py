@@ -52,12 +52,10 @@ class _Group:
     reactions: set[str] = field(default_factory=set)
     items: list[str] = field(default_factory=list)
 
-    def accepts(self, vectors: Vectors, transitional: bool, audio: Audio | None, snd: bool) -> bool:
+    def accepts(self, vectors: Vectors, transitional: bool, audio: Audio | None) -> bool:
         if vectors != self.vectors or transitional != self.transitional:
             return False
-        if audio is not None and self.audio is not None and audio != self.audio:
-            return False
-        return True
+        return audio is None or self.audio is None or audio == self.audio
 
     def config(self) -> VmConfig:
         return VmConfig(
@@ -110,7 +108,7 @@ def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors |
                 audio = c.audio
         snd = any(c.snd for c in checks)
         vectors = needs.vectors if needs.vectors is not None else base_vectors
-        group = next((g for g in groups if g.accepts(vectors, needs.transitional, audio, snd)), None)
+        group = next((g for g in groups if g.accepts(vectors, needs.transitional, audio)), None)
         if group is None:
             group = _Group(vectors=vectors, transitional=needs.transitional)
             groups.append(group)

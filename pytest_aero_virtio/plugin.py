@@ -6,7 +6,11 @@ testing: the assertions); this module wires them into pytest.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -17,6 +21,7 @@ from .config import Vectors
 from .errors import AeroConfigError, AeroError
 from .plan import ItemNeeds, Plan, make_plan
 from .pool import PlanContext, VmPool, settings_from_config
+from .qemu.machine import kill_all
 from .testing import AeroDevice, AeroVm
 
 _PLAN_KEY = pytest.StashKey[PlanContext]()
@@ -43,18 +48,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(opt.flag, action="store_true", dest=dest, default=None, help=opt.help)
             parser.addini(opt.ini, opt.help, type="bool", default=False)
         elif opt.kind == "args":
-            group.addoption(opt.flag, action="append", dest=dest, default=None, metavar=opt.metavar,
-                            help=opt.help)
+            group.addoption(
+                opt.flag, action="append", dest=dest, default=None, metavar=opt.metavar, help=opt.help
+            )
             parser.addini(opt.ini, opt.help, type="args", default=[])
         else:
-            group.addoption(opt.flag, action="store", dest=dest, default=None, metavar=opt.metavar,
-                            choices=opt.choices, help=opt.help + default_text)
+            group.addoption(
+                opt.flag,
+                action="store",
+                dest=dest,
+                default=None,
+                metavar=opt.metavar,
+                choices=opt.choices,
+                help=opt.help + default_text,
+            )
             parser.addini(opt.ini, opt.help + default_text, type="string", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    _kill_qemu_on_sigterm()
+
+
+def _kill_qemu_on_sigterm() -> None:
+    """A SIGTERM to pytest (a CI runner cancelling the job) kills every QEMU at once, then does what it did.
+
+    SIGINT needs nothing: it raises KeyboardInterrupt and the fixtures' teardown stops the VMs. SIGKILL
+    cannot be caught: there PR_SET_PDEATHSIG in the QEMU child does the work (see qemu/machine.py).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        kill_all()
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _needs(item: pytest.Item) -> ItemNeeds | None:
@@ -79,7 +114,9 @@ def _needs(item: pytest.Item) -> ItemNeeds | None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """Plan the VMs from the *selected* items (trylast: after -k/-m deselection) and order items by VM."""
     wanted = [(item, _needs(item)) for item in items]
     vm_items = [(item, needs) for item, needs in wanted if needs is not None]
@@ -112,7 +149,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         items[:] = []
 
 
-def pytest_report_collectionfinish(config: pytest.Config, start_path: Any, items: list[pytest.Item]) -> list[str] | None:
+def pytest_report_collectionfinish(
+    config: pytest.Config, start_path: Any, items: list[pytest.Item]
+) -> list[str] | None:
     ctx = config.stash.get(_PLAN_KEY, None)
     if ctx is None:
         return None

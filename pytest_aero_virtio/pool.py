@@ -27,13 +27,13 @@ from .actions import vm_reactions
 from .actions.base import ActionContext, Reactor
 from .artifacts import ArtifactDir
 from .checks import BASE_CHECKS, CATALOG, GuestCheck, lookup
-from .config import QemuCommand, RunOptions, Vectors, VmConfig
+from .config import DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT, QemuCommand, RunOptions, Vectors, VmConfig
 from .errors import QEMU_NOT_FOUND, UDP_PORT_MISMATCH, AeroConfigError, AeroError, AeroFailure
 from .host.services import HostServices
 from .markers import HostMarker, Marker, MarkerStream
 from .plan import Plan, guest_args
-from .qemu.argv import RuntimePaths, build_argv, format_argv, prepare_overlay
 from .qemu.accel import kvm_device_usable, resolve_accel
+from .qemu.argv import RuntimePaths, build_argv, format_argv, prepare_overlay
 from .qemu.caps import Caps, probe_cached
 from .qemu.machine import QmpChannel, VmSession
 
@@ -66,8 +66,9 @@ def _resolve_qemu(value: str | None) -> QemuCommand:
             token=QEMU_NOT_FOUND,
         )
     if not os.access(found, os.X_OK):
-        raise AeroConfigError(f"--qemu-system={found}: not executable", fix=f"chmod +x {found}",
-                              token=QEMU_NOT_FOUND)
+        raise AeroConfigError(
+            f"--qemu-system={found}: not executable", fix=f"chmod +x {found}", token=QEMU_NOT_FOUND
+        )
     return QemuCommand(Path(found).resolve())
 
 
@@ -90,8 +91,8 @@ def settings_from_config(config: pytest.Config) -> Settings:
         if raw["vm_direct_boot"] == "on" and kernel is None:
             kernel, initrd, append = ref.kernel, ref.initrd, ref.append
     qemu = _resolve_qemu(raw["qemu_system"])
-    default_http = 0 if reference else opts.DEFAULT_HTTP_PORT
-    default_udp = 0 if reference else opts.DEFAULT_UDP_PORT
+    default_http = 0 if reference else DEFAULT_HTTP_PORT
+    default_udp = 0 if reference else DEFAULT_UDP_PORT
     vec = opts.vectors_from(raw)
     artifacts = Path(str(raw["vm_artifacts"])).expanduser()
     run = RunOptions(
@@ -119,8 +120,10 @@ def settings_from_config(config: pytest.Config) -> Settings:
         vectors=Vectors(**vec),
         silence_timeout_s=opts.parse_seconds("--vm-silence-timeout", raw["vm_silence_timeout"]),
         guest_extra_args=tuple(raw["vm_guest_args"]),
-        blk_resize_delta=(opts.parse_int("--blk-resize-delta-mib", raw["blk_resize_delta_mib"], minimum=1)
-                          or 64) << 20,
+        blk_resize_delta=(
+            opts.parse_int("--blk-resize-delta-mib", raw["blk_resize_delta_mib"], minimum=1) or 64
+        )
+        << 20,
         reference_guest=reference,
     )
 
@@ -140,7 +143,9 @@ class _LateQmp:
 class _Reactions:
     """Adapts the action Reactor to the session's Reactions protocol (bind + on_marker)."""
 
-    def __init__(self, reactor: Reactor, qmp: _LateQmp, extra: Sequence[Callable[[Marker | HostMarker], None]]):
+    def __init__(
+        self, reactor: Reactor, qmp: _LateQmp, extra: Sequence[Callable[[Marker | HostMarker], None]]
+    ):
         self.reactor = reactor
         self.qmp = qmp
         self.extra = extra
@@ -340,7 +345,9 @@ class VmHandle:
     def finish_for_wav(self) -> Path:
         """Wait for the guest's RESULT and for QEMU to exit (a clean exit writes the WAV header)."""
         if self.wav_path is None:
-            raise AeroConfigError("this VM has no wav audio backend", fix="mark the test aero_check(audio='wav')")
+            raise AeroConfigError(
+                "this VM has no wav audio backend", fix="mark the test aero_check(audio='wav')"
+            )
         self.stream.wait_result(self.remaining())
         if self.session.wait_exit(min(30.0, self.remaining())) is None:
             self.session.stop()  # QMP quit first: still a clean exit, so the header is written
@@ -399,7 +406,7 @@ class PlanContext:
 
     def no_sound_reason(self) -> str:
         return (
-            f"QEMU {self.settings.options.qemu} ({self.caps().version_str()}) has no virtio-sound-pci "
+            f"QEMU {self.settings.options.qemu} ({self.caps().version_str}) has no virtio-sound-pci "
             "(needs QEMU >= 8.2; the pinned reference QEMU has it): virtio-snd tests skipped"
         )
 
@@ -423,7 +430,9 @@ class PlanContext:
             f"{' (reference guest)' if self.settings.reference_guest else ''} accel={o.accel}",
         ]
         if self.plan is not None:
-            lines.append(f"aero-virtio: {len(self.plan.configs)} VM(s) planned for {len(self.plan.order)} test(s):")
+            lines.append(
+                f"aero-virtio: {len(self.plan.configs)} VM(s) planned for {len(self.plan.order)} test(s):"
+            )
             lines.extend(f"  vm{i}: {cfg}" for i, cfg in enumerate(self.plan.configs))
         return lines
 
@@ -489,16 +498,21 @@ class VmPool:
             handle_opts = self.settings.options
             rt_args = guest_args(
                 config,
-                http_port=handle_opts.http_port or opts.DEFAULT_HTTP_PORT,
-                udp_port=handle_opts.udp_port or opts.DEFAULT_UDP_PORT,
+                http_port=handle_opts.http_port or DEFAULT_HTTP_PORT,
+                udp_port=handle_opts.udp_port or DEFAULT_UDP_PORT,
                 http_path=handle_opts.http_path,
                 extra=self.settings.guest_extra_args,
             )
             snapshot_overlay = Path(f"<artifacts>/vm{i}/overlay.qcow2") if handle_opts.snapshot else None
             rt = RuntimePaths(
-                serial=3, qmp=4,
-                wav_path=Path(f"<artifacts>/vm{i}/audio.wav") if config.snd and config.audio == "wav" else None,
-                guest_args=rt_args, accel=self.accel(), overlay=snapshot_overlay,
+                serial=3,
+                qmp=4,
+                wav_path=Path(f"<artifacts>/vm{i}/audio.wav")
+                if config.snd and config.audio == "wav"
+                else None,
+                guest_args=rt_args,
+                accel=self.accel(),
+                overlay=snapshot_overlay,
             )
             items = [n for n in plan.order if plan.assignment[n] == config]
             lines.append(f"# vm{i}: {config} ({len(items)} tests)")
@@ -514,4 +528,12 @@ class VmPool:
         return out
 
 
-__all__ = ["PlanContext", "Settings", "VmHandle", "VmPool", "replace", "resolve_accel", "settings_from_config"]
+__all__ = [
+    "PlanContext",
+    "Settings",
+    "VmHandle",
+    "VmPool",
+    "replace",
+    "resolve_accel",
+    "settings_from_config",
+]

@@ -130,8 +130,10 @@ class AeroVm:
         self._record(f"host.{topic}.{chosen.status}", chosen.line())
         if not matching:
             seen = ", ".join(h.line() for h in found)
-            pytest.fail(f"FAIL: {topic}_{chosen.status}: the host never recorded {status}; it recorded: {seen}",
-                        pytrace=False)
+            pytest.fail(
+                f"FAIL: {topic}_{chosen.status}: the host never recorded {status}; it recorded: {seen}",
+                pytrace=False,
+            )
         return chosen
 
     def host_markers(self, topic: str | None = None) -> list[HostMarker]:
@@ -166,7 +168,9 @@ class AeroVm:
                 if dev is None:
                     problems.append(f"{qdev_id}: not on the PCI bus")
                 elif dev != (VIRTIO_VENDOR, device_id):
-                    problems.append(f"{qdev_id}: {dev[0]:04x}:{dev[1]:04x}, expected {VIRTIO_VENDOR:04x}:{device_id:04x}")
+                    problems.append(
+                        f"{qdev_id}: {dev[0]:04x}:{dev[1]:04x}, expected {VIRTIO_VENDOR:04x}:{device_id:04x}"
+                    )
             status = "FAIL" if problems else "PASS"
             devices = ",".join(f"{d:04x}" for d in expected.values())
             self.handle.record_host(

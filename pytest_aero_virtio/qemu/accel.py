@@ -36,9 +36,23 @@ def kvm_device_usable(path: str = "/dev/kvm") -> bool:
 def probe_argv(qemu: QemuCommand, kernel: Path) -> list[str]:
     """The probe's QEMU command line: KVM, no devices, the kernel's console on stdio, panic -> exit."""
     return [
-        str(qemu.path), "-accel", "kvm", "-machine", "q35", "-m", "256", "-nodefaults", "-display", "none",
-        "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
-        "-append", "console=ttyS0 panic=-1 loglevel=4",
+        str(qemu.path),
+        "-accel",
+        "kvm",
+        "-machine",
+        "q35",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-kernel",
+        str(kernel),
+        "-append",
+        "console=ttyS0 panic=-1 loglevel=4",
     ]
 
 
@@ -65,8 +79,11 @@ def kvm_works(qemu: QemuCommand, kernel: Path, cache_dir: Path) -> bool:
         pass
     try:
         proc = subprocess.run(
-            probe_argv(qemu, kernel), stdin=subprocess.DEVNULL, capture_output=True,
-            timeout=PROBE_TIMEOUT_S, check=False,
+            probe_argv(qemu, kernel),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
         )
         works = proc.returncode == 0 and kernel_ran(proc.stdout)
     except subprocess.TimeoutExpired:

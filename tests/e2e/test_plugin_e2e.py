@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -12,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from .conftest import qemu_pids_with, wait_gone
+from aero_e2e_procs import qemu_pids_with, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -70,16 +68,27 @@ def test_guest_that_prints_nothing_fails_with_a_reason(
 ) -> None:
     blank = tmp_path / "blank, disk.img"  # a comma in the path: escaped as ',,' for QEMU
     blank.write_bytes(b"\0" * (1 << 20))
-    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", f"--vm-image={blank}",
-              "--vm-silence-timeout=4", "--vm-timeout=60")
+    res = run(
+        pytester,
+        RESULT_TEST,
+        f"--vm-artifacts={artifacts}",
+        f"--vm-image={blank}",
+        "--vm-silence-timeout=4",
+        "--vm-timeout=60",
+    )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*FAIL: NO_SERIAL_OUTPUT*"])
     assert blank.read_bytes() == b"\0" * (1 << 20), "the base image must never be written"
 
 
 def test_qemu_that_dies_at_start_names_its_error(pytester: pytest.Pytester, artifacts: Path) -> None:
-    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}",
-              "--qemu-extra-arg=-device", "--qemu-extra-arg=no-such-device-xyz")
+    res = run(
+        pytester,
+        RESULT_TEST,
+        f"--vm-artifacts={artifacts}",
+        "--qemu-extra-arg=-device",
+        "--qemu-extra-arg=no-such-device-xyz",
+    )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*FAIL: QEMU_EXITED*", "*no-such-device-xyz*"])
 
@@ -123,7 +132,8 @@ def test_bad_options_are_usage_errors(pytester: pytest.Pytester, tmp_path: Path)
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_no_qemu_survives_an_interrupted_run(pytester: pytest.Pytester, artifacts: Path, how: str) -> None:
     """Ctrl-C runs the teardown; SIGKILL of pytest (a crashed xdist worker) leaves QEMU to PDEATHSIG."""
-    pytester.makepyfile(test_inner=textwrap.dedent("""
+    pytester.makepyfile(
+        test_inner=textwrap.dedent("""
         import time, pytest
 
         @pytest.mark.aero_check("virtio-net")
@@ -131,11 +141,24 @@ def test_no_qemu_survives_an_interrupted_run(pytester: pytest.Pytester, artifact
             aero_vm.handle.stream.wait_for(lambda m: m.kind == "START", 120, "START")
             print("VM-STARTED", flush=True)
             time.sleep(600)
-    """))
+    """)
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-q", f"--vm-artifacts={artifacts}",
-         str(pytester.path / "test_inner.py")],
-        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-s",
+            "-q",
+            f"--vm-artifacts={artifacts}",
+            str(pytester.path / "test_inner.py"),
+        ],
+        cwd=pytester.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 180
@@ -160,7 +183,9 @@ def test_pytest_timeout_tears_the_vm_down(pytester: pytest.Pytester, artifacts: 
     def test_hang(aero_vm):
         aero_vm.expect_pass("virtio-net")
     """
-    res = run(pytester, source, f"--vm-artifacts={artifacts}", f"--vm-image={blank}", "--vm-silence-timeout=600")
+    res = run(
+        pytester, source, f"--vm-artifacts={artifacts}", f"--vm-image={blank}", "--vm-silence-timeout=600"
+    )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*Timeout*"])
     assert wait_gone(str(artifacts), 10) == []

@@ -37,11 +37,13 @@ def test_sound_and_tablet_attached_only_when_selected() -> None:
 
 
 def test_capture_and_wav_check_need_separate_vms() -> None:
-    plan = make_plan([
-        ("play", n("virtio-snd")),
-        ("wav", n("virtio-snd", audio="wav", at_end=True)),
-        ("cap", n("virtio-snd-capture")),
-    ])
+    plan = make_plan(
+        [
+            ("play", n("virtio-snd")),
+            ("wav", n("virtio-snd", audio="wav", at_end=True)),
+            ("cap", n("virtio-snd-capture")),
+        ]
+    )
     audios = sorted(c.audio for c in plan.configs)
     assert audios == ["none", "wav"]
     assert plan.assignment["wav"].audio == "wav"
@@ -49,12 +51,14 @@ def test_capture_and_wav_check_need_separate_vms() -> None:
 
 
 def test_vectors_and_transitional_split_vms_and_at_end_runs_last() -> None:
-    plan = make_plan([
-        ("end", n("virtio-snd", audio="wav", at_end=True)),
-        ("intx", n("virtio-blk", vectors=Vectors(blk=0, net=0, input=0, snd=0))),
-        ("x", n("virtio-net")),
-        ("tr", n(transitional=True)),
-    ])
+    plan = make_plan(
+        [
+            ("end", n("virtio-snd", audio="wav", at_end=True)),
+            ("intx", n("virtio-blk", vectors=Vectors(blk=0, net=0, input=0, snd=0))),
+            ("x", n("virtio-net")),
+            ("tr", n(transitional=True)),
+        ]
+    )
     assert len(plan.configs) == 3
     assert plan.order.index("end") > plan.order.index("x")
     assert plan.last_item_of(plan.assignment["x"]) == "end"
@@ -62,8 +66,10 @@ def test_vectors_and_transitional_split_vms_and_at_end_runs_last() -> None:
 
 
 def test_session_vectors_apply_unless_the_item_overrides() -> None:
-    plan = make_plan([("a", n("virtio-blk")), ("b", n("virtio-net", vectors=Vectors(net=0)))],
-                     default_vectors=Vectors(blk=4))
+    plan = make_plan(
+        [("a", n("virtio-blk")), ("b", n("virtio-net", vectors=Vectors(net=0)))],
+        default_vectors=Vectors(blk=4),
+    )
     assert plan.assignment["a"].vectors == Vectors(blk=4)
     assert plan.assignment["b"].vectors == Vectors(net=0)
 
@@ -80,13 +86,25 @@ def test_guest_args_carry_ports_flags_and_sound_consequences() -> None:
     assert "--test-snd-capture" not in args and "--disable-snd-capture" in args
     assert "--require-snd" in args
     assert "--http-url=http://10.0.2.2:4321/p" in args and "--udp-port=4322" in args
-    none = shlex.split(guest_args(VmConfig(snd=True, audio="none", guest_flags=frozenset({"test-snd-capture"})),
-                                  http_port=1, udp_port=2, http_path="/p"))
+    none = shlex.split(
+        guest_args(
+            VmConfig(snd=True, audio="none", guest_flags=frozenset({"test-snd-capture"})),
+            http_port=1,
+            udp_port=2,
+            http_path="/p",
+        )
+    )
     assert "--test-snd-capture" in none and "--disable-snd-capture" not in none
 
 
 def test_catalog_base_checks_and_unknown_names() -> None:
-    assert set(BASE_CHECKS) == {"virtio-blk", "virtio-input", "virtio-input-bind", "virtio-net", "virtio-net-udp"}
+    assert set(BASE_CHECKS) == {
+        "virtio-blk",
+        "virtio-input",
+        "virtio-input-bind",
+        "virtio-net",
+        "virtio-net-udp",
+    }
     unknown = lookup("virtio-snd-future-thing")
     assert unknown.device == "snd" and not unknown.opt_in
     for check in CATALOG.values():
