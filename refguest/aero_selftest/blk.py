@@ -308,9 +308,7 @@ def check_reset(rep: Reporter, cfg: Config, state: BlkState) -> None:
         rep.fail(name, "no_disk", err="virtio-blk did not find a usable disk")
         return
     drv = sysfs.VIRTIO_BUS / "drivers" / "virtio_blk"
-    mountpoints = [
-        mp for src, mp, _fs in sysfs.mounts() if src in (f"/dev/{disk.name}", f"/dev/{disk.name}1")
-    ]
+    mountpoints = [mp for src, mp, _fs in sysfs.mounts() if src in (f"/dev/{disk.name}", f"/dev/{disk.name}1")]
     os.sync()
     for mp in reversed(mountpoints):
         cp = sysfs.run(["umount", mp], timeout=15)

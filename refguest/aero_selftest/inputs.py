@@ -424,9 +424,7 @@ def check_tablet_events(rep: Reporter, cfg: Config, st: InputState) -> None:
     if done:
         rep.pass_(name, **fields, elapsed_ms=elapsed)
     else:
-        rep.fail(
-            name, "timeout", missing=",".join(matcher.missing()), timeout_s=int(TABLET_TIMEOUT_S), **fields
-        )
+        rep.fail(name, "timeout", missing=",".join(matcher.missing()), timeout_s=int(TABLET_TIMEOUT_S), **fields)
 
 
 def run(rep: Reporter, cfg: Config) -> None:

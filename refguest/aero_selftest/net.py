@@ -379,13 +379,12 @@ def check_offload(rep: Reporter, cfg: Config, st: NetState) -> None:
     rx_feat = ethtool_value(st.iface, ETHTOOL_GRXCSUM)
     host = httpmini.parse_url(cfg.http_url).host
     try:
-        counts = capture_csum(
-            st.iface, [("11", UDP_SMALL), ("12", UDP_MTU), ("13", UDP_SMALL)], host, cfg.udp_port
-        )
+        counts = capture_csum(st.iface, [("11", UDP_SMALL), ("12", UDP_MTU), ("13", UDP_SMALL)], host, cfg.udp_port)
+    except (TimeoutError, ConnectionRefusedError) as exc:
+        rep.fail(name, "udp_echo_failed", err=error_text(exc), tx_offload=tx_feat, rx_offload=rx_feat)
+        return
     except (PermissionError, AttributeError) as exc:
-        rep.info(
-            name, tx_offload=tx_feat, rx_offload=rx_feat, reason="capture_unavailable", err=error_text(exc)
-        )
+        rep.info(name, tx_offload=tx_feat, rx_offload=rx_feat, reason="capture_unavailable", err=error_text(exc))
         return
     fields = {
         **dataclasses.asdict(counts),
@@ -442,9 +441,7 @@ def check_link_flap(rep: Reporter, cfg: Config, st: NetState) -> None:
             if time.monotonic() > deadline:
                 rep.fail(name, "udp_after_flap_failed", down_ms=down_ms, up_ms=up_ms, err=error_text(exc))
                 return
-    rep.pass_(
-        name, down_ms=down_ms, up_ms=up_ms, udp_after=1, operstate=sysfs.read(carrier_path / "operstate")
-    )
+    rep.pass_(name, down_ms=down_ms, up_ms=up_ms, udp_after=1, operstate=sysfs.read(carrier_path / "operstate"))
 
 
 def check_msix(rep: Reporter, cfg: Config, st: NetState) -> None:

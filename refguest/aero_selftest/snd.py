@@ -123,9 +123,7 @@ def tone_file(seconds: float, name: str) -> Path:
     return path
 
 
-def _wait_sampling(
-    proc: subprocess.Popen[bytes], params: Path, timeout: float
-) -> tuple[dict[str, str], bytes]:
+def _wait_sampling(proc: subprocess.Popen[bytes], params: Path, timeout: float) -> tuple[dict[str, str], bytes]:
     """Wait for ``proc`` (killing it after ``timeout``), sampling hw_params while it runs."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout
@@ -141,9 +139,7 @@ def _wait_sampling(
     return seen, err
 
 
-def play(
-    card: Card, wav: Path, extra: list[str] | None = None, timeout: float = 15
-) -> subprocess.Popen[bytes]:
+def play(card: Card, wav: Path, extra: list[str] | None = None, timeout: float = 15) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["aplay", "-D", card.hw(card.playback), *(extra or ["-q"]), str(wav)],
         stdin=subprocess.DEVNULL,
@@ -205,9 +201,7 @@ def check_render(rep: Reporter, cfg: Config, card: Card, st: SndState) -> None:
         rep.pass_(name, **fields)
     else:
         text = err.decode("utf-8", "replace").strip()
-        rep.fail(
-            name, f"playback_{classify_error(text)}", err=text.splitlines()[-1] if text else "", **fields
-        )
+        rep.fail(name, f"playback_{classify_error(text)}", err=text.splitlines()[-1] if text else "", **fields)
 
 
 def _capture_result(
@@ -276,9 +270,7 @@ def check_duplex(rep: Reporter, cfg: Config, card: Card, st: SndState) -> None:
     fields["playback_rc"] = p_play.returncode
     if p_play.returncode != 0:
         text = err.decode("utf-8", "replace").strip()
-        rep.fail(
-            name, f"playback_{classify_error(text)}", **fields, play_err=text.splitlines()[-1] if text else ""
-        )
+        rep.fail(name, f"playback_{classify_error(text)}", **fields, play_err=text.splitlines()[-1] if text else "")
     elif reason:
         rep.fail(name, reason, **fields)
     else:
@@ -303,9 +295,7 @@ def check_buffer_limits(rep: Reporter, cfg: Config, card: Card, st: SndState) ->
             failures.append(f"{label}:timeout")
             continue
         got = parse_aplay_verbose((out + err).decode("utf-8", "replace"))
-        results.append(
-            f"{label}:{period}/{buffer}->{got.get('period_size', '?')}/{got.get('buffer_size', '?')}"
-        )
+        results.append(f"{label}:{period}/{buffer}->{got.get('period_size', '?')}/{got.get('buffer_size', '?')}")
         if proc.returncode != 0:
             text = err.decode("utf-8", "replace").strip()
             failures.append(f"{label}:{text.splitlines()[-1] if text else proc.returncode}")
@@ -321,9 +311,7 @@ def check_buffer_limits(rep: Reporter, cfg: Config, card: Card, st: SndState) ->
 
 
 def check_format(rep: Reporter, cfg: Config, card: Card, st: SndState) -> None:
-    rep.info(
-        "virtio-snd-format", render=format_desc(st.render_params), capture=format_desc(st.capture_params)
-    )
+    rep.info("virtio-snd-format", render=format_desc(st.render_params), capture=format_desc(st.capture_params))
 
 
 def check_eventq(rep: Reporter, cfg: Config, card: Card, st: SndState) -> None:
@@ -355,9 +343,7 @@ def check_msix(rep: Reporter, cfg: Config, card: Card, st: SndState) -> None:
 def report_missing(rep: Reporter, cfg: Config, why: str) -> None:
     """The protocol's lines when there is no sound device (or it is disabled)."""
     if cfg.has("require-snd") and why != "disabled":
-        rep.fail(
-            "virtio-snd", why, err="--require-snd is set but no virtio-snd device is bound to virtio_snd"
-        )
+        rep.fail("virtio-snd", why, err="--require-snd is set but no virtio-snd device is bound to virtio_snd")
         rep.fail("virtio-snd-capture", why)
     else:
         rep.skip("virtio-snd", why)
