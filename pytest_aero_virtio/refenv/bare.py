@@ -47,9 +47,7 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def guest_args(
-    http_port: int, udp_port: int, http_path: str = DEFAULT_HTTP_PATH, no_capture: bool = False
-) -> str:
+def guest_args(http_port: int, udp_port: int, http_path: str = DEFAULT_HTTP_PATH, no_capture: bool = False) -> str:
     """The fw_cfg ``opt/aero/args`` string: where the host services are, and whether to skip capture.
 
     QEMU's wav audio backend records playback but has no input (capture fails with EIO in the guest,

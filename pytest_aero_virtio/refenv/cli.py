@@ -21,20 +21,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("qemu", help="provision Debian 13's QEMU 10 if needed; print its launcher path")
-    q.add_argument(
-        "--refresh", action="store_true", help="re-run apt-get update on the private apt lists first"
-    )
+    q.add_argument("--refresh", action="store_true", help="re-run apt-get update on the private apt lists first")
     b = sub.add_parser("build", help="build the reference guest image if needed; print the disk image path")
-    b.add_argument(
-        "--print-all", action="store_true", help="also print kernel, initrd and append (one per line)"
-    )
-    b.add_argument(
-        "--refresh", action="store_true", help="re-run apt-get update on the private apt lists first"
-    )
+    b.add_argument("--print-all", action="store_true", help="also print kernel, initrd and append (one per line)")
+    b.add_argument("--refresh", action="store_true", help="re-run apt-get update on the private apt lists first")
     r = sub.add_parser("bare", help="print (or --run) a plain QEMU command line for the reference guest")
-    r.add_argument(
-        "--run", action="store_true", help="run it with HTTP/UDP echo services; exit with QEMU's status"
-    )
+    r.add_argument("--run", action="store_true", help="run it with HTTP/UDP echo services; exit with QEMU's status")
     r.add_argument("--qemu", type=Path, help="qemu-system-x86_64 to use (default: the pinned QEMU 10)")
     r.add_argument("--image", type=Path, help="disk image to boot (default: the reference image)")
     r.add_argument("--no-snd", action="store_true", help="no virtio-sound device even if the QEMU has one")
@@ -72,9 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             qemu = args.qemu or ensure_qemu()
             disk = args.image or ensure_image().disk
-            return run_bare(
-                qemu, disk, args.run, args.http_port, args.udp_port, False if args.no_snd else None
-            )
+            return run_bare(qemu, disk, args.run, args.http_port, args.udp_port, False if args.no_snd else None)
     except (debs.AptError, QemuProvisionError, ImageBuildError, OSError) as exc:
         print(f"aero-virtio-refenv: error: {exc}", file=sys.stderr)
         return 2

@@ -369,9 +369,7 @@ class Apt:
         for meta in metas:
             deps = self.direct_depends(meta)
             if not deps:
-                raise AptError(
-                    f"metapackage {meta} has no Depends in Debian {SUITE}; fix: refresh with --refresh"
-                )
+                raise AptError(f"metapackage {meta} has no Depends in Debian {SUITE}; fix: refresh with --refresh")
             names.append(deps[0])
         infos = self.show(names)
         memo.parent.mkdir(parents=True, exist_ok=True)
@@ -408,11 +406,8 @@ def unpack(debs: Iterable[Path], dest: Path) -> None:
     """``dpkg-deb -x`` every package into ``dest`` (a sysroot; maintainer scripts are never run)."""
     dest.mkdir(parents=True, exist_ok=True)
     for deb in debs:
-        proc = subprocess.run(
-            ["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise AptError(
-                f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; "
-                f"fix: delete {deb} (corrupt download) and retry"
+                f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; fix: delete {deb} (corrupt download) and retry"
             )

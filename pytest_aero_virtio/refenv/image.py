@@ -121,6 +121,48 @@ exit 0
 """
 
 
+SITECUSTOMIZE = '''"""aero reference guest: make the kernel's random generator ready at once.
+
+Under TCG the guest has no RDRAND and few interrupts, so the kernel's CRNG becomes ready only after a
+jitter-entropy dance of ~1.5 s that the first reader of /dev/urandom (Python's hash seed, ``import random``)
+pays for.  A test VM needs no secret randomness: credit 256 bits once, if the CRNG is not ready yet.
+/init sets PYTHONHASHSEED=0 so that this interpreter itself starts without reading /dev/urandom.
+"""
+
+import fcntl
+import os
+import struct
+import time
+
+
+def _seed() -> None:
+    try:
+        os.getrandom(1, os.GRND_NONBLOCK)
+        return  # ready already
+    except BlockingIOError:
+        pass
+    except OSError:
+        return
+    try:
+        noise = os.getrandom(32, 0x0004)  # GRND_INSECURE: never blocks
+    except OSError:
+        noise = b""
+    data = (noise + time.time_ns().to_bytes(8, "little") + os.getpid().to_bytes(4, "little")).ljust(32, b"a")[:32]
+    rndaddentropy = 0x40085203
+    try:
+        fd = os.open("/dev/urandom", os.O_WRONLY)
+        try:
+            fcntl.ioctl(fd, rndaddentropy, struct.pack("ii", 256, 32) + data)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+_seed()
+'''
+
+
 def render_init(modules: Sequence[str], guest_dir: str = GUEST_DIR) -> str:
     """The guest's /init (busybox sh).
 
@@ -141,7 +183,7 @@ mkdir -p /dev/pts /dev/shm /tmp /run /mnt /var/tmp
 {insmods}dmesg -n 1
 stty -F /dev/ttyS0 -opost
 ip link set lo up
-export HOME=/root TERM=dumb LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export HOME=/root TERM=dumb LANG=C.UTF-8 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONHASHSEED=0
 export PYTHONPATH=/{guest_dir}
 cd /
 python3 -m aero_selftest </dev/null 2>&1 | tee /run/aero-selftest.log >/dev/ttyS0
@@ -157,10 +199,7 @@ poweroff -f
 
 def render_syslinux_cfg(append: str) -> str:
     """SYSLINUX config: boot at once (no prompt, no timeout) with the image's fixed command line."""
-    return (
-        "DEFAULT aero\nPROMPT 0\nTIMEOUT 0\nLABEL aero\n"
-        f"  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {append}\n"
-    )
+    return f"DEFAULT aero\nPROMPT 0\nTIMEOUT 0\nLABEL aero\n  KERNEL vmlinuz\n  INITRD initrd.img\n  APPEND {append}\n"
 
 
 def stdlib_keep(relpath: str) -> bool:
@@ -171,9 +210,7 @@ def stdlib_keep(relpath: str) -> bool:
     return not (parts[0] == "lib-dynload" and parts[-1].startswith(EXT_DROP_PREFIXES))
 
 
-def resolve_libs(
-    roots: dict[str, bytes], find: dict[str, Path]
-) -> tuple[dict[str, Path], dict[str, list[str]]]:
+def resolve_libs(roots: dict[str, bytes], find: dict[str, Path]) -> tuple[dict[str, Path], dict[str, list[str]]]:
     """Close ``roots`` (name -> ELF bytes) over DT_NEEDED using ``find`` (soname -> file).
 
     Returns (soname -> file for every library reached, root -> sonames it needs that ``find`` lacks).  The
@@ -258,8 +295,12 @@ def _guest_python(rootfs: Path) -> list[str]:
     ]
 
 
-def _compile(rootfs: Path, target: Path, strip_prefix: Path) -> None:
-    """Precompile .pyc in one process (``-j0`` re-execs the wrong binary through the loader)."""
+def _compile(rootfs: Path, target: Path, strip_prefix: Path, legacy: bool = False) -> None:
+    """Precompile .pyc in one process (``-j0`` re-execs the wrong binary through the loader).
+
+    ``legacy`` writes ``x.pyc`` next to ``x.py`` (importable without the source, which the caller then
+    deletes); otherwise ``__pycache__`` with unchecked hashes, so the guest never stats or re-hashes sources.
+    """
     proc = subprocess.run(
         [
             *_guest_python(rootfs),
@@ -273,6 +314,7 @@ def _compile(rootfs: Path, target: Path, strip_prefix: Path) -> None:
             str(strip_prefix),
             "-p",
             "/",
+            *(["-b"] if legacy else []),
             str(target),
         ],
         capture_output=True,
@@ -317,6 +359,7 @@ def _build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg:
     for rel in order:
         src = mroot / rel
         data = lzma.decompress(src.read_bytes()) if rel.endswith(".xz") else src.read_bytes()
+        data = kmod.strip_signature(data)
         out_rel = f"usr/lib/modules/{kver}/{rel.removesuffix('.xz')}"
         (rootfs / out_rel).parent.mkdir(parents=True, exist_ok=True)
         (rootfs / out_rel).write_bytes(data)
@@ -352,15 +395,11 @@ def _build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg:
     libs, unresolved = resolve_libs(elves, _soname_index(staging))
     for name, sonames in unresolved.items():
         if "/lib-dynload/" not in name:
-            raise ImageBuildError(
-                f"{name} needs {sonames}, not in the package closure; fix: add their packages"
-            )
+            raise ImageBuildError(f"{name} needs {sonames}, not in the package closure; fix: add their packages")
         progress(f"dropping {name.rsplit('/', 1)[-1]} (needs {', '.join(sonames)})")
         (rootfs / name).unlink()
     if unresolved:
-        libs, _ = resolve_libs(
-            {k: v for k, v in elves.items() if k not in unresolved}, _soname_index(staging)
-        )
+        libs, _ = resolve_libs({k: v for k, v in elves.items() if k not in unresolved}, _soname_index(staging))
     libdst = rootfs / LIBDIRS[0]
     libdst.mkdir(parents=True, exist_ok=True)
     for so, src in libs.items():
@@ -369,10 +408,13 @@ def _build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg:
     shutil.copyfile(ldso.resolve(), libdst / "ld-linux-x86-64.so.2")
     (libdst / "ld-linux-x86-64.so.2").chmod(0o755)
 
-    _compile(rootfs, pydst, rootfs)
-    progress(
-        f"guest rootfs ready ({len(order)} modules, {len(libs)} libraries, {time.monotonic() - t0:.1f} s)"
-    )
+    (pydst / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    # The stdlib ships as sourceless .pyc: half the bytes to load and unpack at every boot (tracebacks
+    # through the stdlib lose their source lines, which a selftest can live with).
+    _compile(rootfs, pydst, rootfs, legacy=True)
+    for py in pydst.rglob("*.py"):
+        py.unlink()
+    progress(f"guest rootfs ready ({len(order)} modules, {len(libs)} libraries, {time.monotonic() - t0:.1f} s)")
 
     # The archive.
     init = render_init(mod_paths)
@@ -539,9 +581,7 @@ def ensure_image(
 
     image_key = stable_key([("base", base_key), ("guest", guest_key), ("append", append)])
     image = ensure_entry(root, "image", image_key, lambda tmp, _f: _build_image(tmp, base, guest, append))
-    return RefImage(
-        disk=image / "disk.img", kernel=image / "vmlinuz", initrd=image / "initrd.img", append=append
-    )
+    return RefImage(disk=image / "disk.img", kernel=image / "vmlinuz", initrd=image / "initrd.img", append=append)
 
 
 def iter_entries(root: Path, kinds: Iterable[str] = ("base", "guest", "image")) -> list[Path]:

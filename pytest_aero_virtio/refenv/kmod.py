@@ -70,3 +70,24 @@ def load_order(dep: Mapping[str, list[str]], wanted: Iterable[str], builtin: Ite
             raise KeyError(f"kernel module {name!r} is neither in modules.dep nor built in")
         visit(by_name[n])
     return order
+
+
+SIG_MAGIC = b"~Module signature appended~\n"
+
+
+def strip_signature(ko: bytes) -> bytes:
+    """A module without its appended signature (unchanged if it has none).
+
+    Verifying Debian's module signatures costs tens of milliseconds per module under TCG; the test VM's
+    kernel does not enforce signatures (it only notes the taint), so the image ships unsigned modules.
+    Layout: ``<ELF> <signature> <struct module_signature (12 bytes, sig_len big-endian at 8)> <magic>``.
+    """
+    if not ko.endswith(SIG_MAGIC):
+        return ko
+    end = len(ko) - len(SIG_MAGIC)
+    info = ko[end - 12 : end]
+    sig_len = int.from_bytes(info[8:12], "big")
+    start = end - 12 - sig_len
+    if start < 0:
+        raise ValueError("corrupt module signature trailer")
+    return ko[:start]

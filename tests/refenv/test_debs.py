@@ -31,9 +31,7 @@ Components: main
 
 def test_deb822_main_archive_only() -> None:
     got = debs.parse_deb822_sources(DEB822)
-    assert got == [
-        debs.AptSource("http://mirror.example/debian", "/usr/share/keyrings/debian-archive-keyring.gpg")
-    ]
+    assert got == [debs.AptSource("http://mirror.example/debian", "/usr/share/keyrings/debian-archive-keyring.gpg")]
 
 
 def test_deb822_disabled_and_inline_key() -> None:

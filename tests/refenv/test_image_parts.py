@@ -77,9 +77,7 @@ kernel/sound/virtio/virtio_snd.ko: {SND}
 
 def test_module_order_dependencies_first() -> None:
     dep = kmod.parse_modules_dep(MODULES_DEP)
-    order = kmod.load_order(
-        dep, ["virtio_snd", "virtio-net", "af_packet"], builtin=["kernel/net/packet/af_packet.ko"]
-    )
+    order = kmod.load_order(dep, ["virtio_snd", "virtio-net", "af_packet"], builtin=["kernel/net/packet/af_packet.ko"])
     names = [kmod.normalize(p) for p in order]
     assert names == [
         "soundcore",
@@ -158,9 +156,7 @@ def test_launcher_execs_through_bundled_loader() -> None:
     text = qemu.render_launcher(Path("/c/qemu-1/root"))
     assert text.startswith("#!/bin/sh\n")
     last = text.strip().splitlines()[-1]
-    assert last.startswith('exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"') and last.endswith(
-        '"$@"'
-    )
+    assert last.startswith('exec "$R/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"') and last.endswith('"$@"')
     assert '-L "$R/usr/share/qemu"' in last and "QEMU_MODULE_DIR" in text and "R=/c/qemu-1/root" in text
 
 
@@ -171,3 +167,18 @@ def test_relativize_symlinks(tmp_path: Path) -> None:
     (tmp_path / "usr/share/qemu/bios.bin").symlink_to("/usr/share/seabios/bios.bin")
     assert qemu.relativize_symlinks(tmp_path) == 1
     assert (tmp_path / "usr/share/qemu/bios.bin").read_text() == "fw"
+
+
+def test_strip_signature() -> None:
+    body = b"\x7fELF" + b"x" * 100
+    sig = b"S" * 20
+    trailer = b"\0" * 8 + (20).to_bytes(4, "big")
+    assert kmod.strip_signature(body + sig + trailer + kmod.SIG_MAGIC) == body
+    assert kmod.strip_signature(body) == body
+    with pytest.raises(ValueError):
+        kmod.strip_signature(b"\0" * 8 + (999).to_bytes(4, "big") + kmod.SIG_MAGIC)
+
+
+def test_sitecustomize_is_valid_python_and_init_disables_hash_seed_read() -> None:
+    compile(image.SITECUSTOMIZE, "sitecustomize.py", "exec")
+    assert "PYTHONHASHSEED=0" in image.render_init([])
