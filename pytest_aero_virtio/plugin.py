@@ -18,7 +18,7 @@ import pytest
 from . import options as opts
 from .checks import lookup
 from .config import Vectors
-from .errors import AeroConfigError, AeroError
+from .errors import AeroError
 from .plan import ItemNeeds, Plan, make_plan
 from .pool import PlanContext, VmPool, settings_from_config
 from .qemu.machine import kill_all
@@ -204,12 +204,14 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroV
     node = request.node
     assert isinstance(node, pytest.Item)
     vm_config = ctx.config_for(node.nodeid)
+    boot_error: AeroError | None = None
     try:
         handle = aero_pool.get(vm_config)
-    except AeroConfigError as exc:
-        pytest.fail(str(exc), pytrace=False)
     except AeroError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        boot_error = exc
+    if boot_error is not None:
+        # Outside the except block: the report shows the token and the cause, not a chained traceback.
+        pytest.fail(str(boot_error), pytrace=False)
     yield AeroVm(handle, node)
     if ctx.is_last_item(node.nodeid, vm_config):
         aero_pool.release(vm_config)

@@ -62,9 +62,10 @@ def kernel_ran(output: bytes) -> bool:
 
 
 def _cache_file(cache_dir: Path, qemu: QemuCommand, kernel: Path) -> Path:
+    """Keyed by the QEMU binary and the kernel's *content*: a rebuilt image with the same kernel reuses it."""
     st_q = os.stat(qemu.path)
-    st_k = os.stat(kernel)
-    key = f"{os.path.realpath(qemu.path)}|{st_q.st_size}|{st_q.st_mtime_ns}|{kernel}|{st_k.st_size}"
+    kernel_digest = hashlib.sha256(kernel.read_bytes()).hexdigest()
+    key = f"{os.path.realpath(qemu.path)}|{st_q.st_size}|{st_q.st_mtime_ns}|{kernel_digest}"
     return cache_dir / f"kvm-probe-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -16,6 +16,14 @@ import pytest
 from aero_e2e_procs import qemu_pids_with
 
 
+@pytest.fixture(autouse=True)
+def _shared_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytester points HOME at a fresh directory; keep the inner runs on the real reference cache."""
+    from pytest_aero_virtio.refenv.cache import cache_root
+
+    monkeypatch.setenv("AERO_VIRTIO_CACHE", str(cache_root()))
+
+
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Iterator[Path]:
     """A unique artifacts dir: its path appears in QEMU's argv, so leaked processes can be found by it."""

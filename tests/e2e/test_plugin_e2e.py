@@ -25,8 +25,12 @@ def test_result(aero_vm):
 
 
 def run(pytester: pytest.Pytester, source: str, *args: str, timeout: float = 300) -> pytest.RunResult:
+    """Run ``source`` as a test file in a child pytest. ``--vm-artifacts=X`` also names the QEMU ``-name X``,
+    so the ``artifacts`` fixture can find any QEMU process the child leaves behind."""
     pytester.makepyfile(test_inner=textwrap.dedent(source))
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", *args, timeout=timeout)
+    named = [f"--qemu-extra-arg={a}" for arg in args if arg.startswith("--vm-artifacts=")
+             for a in ("-name", arg.split("=", 1)[1])]
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", *args, *named, timeout=timeout)
 
 
 def test_reference_guest_passes_and_writes_artifacts(pytester: pytest.Pytester, artifacts: Path) -> None:
@@ -89,7 +93,7 @@ def test_qemu_that_dies_at_start_names_its_error(pytester: pytest.Pytester, arti
         "--qemu-extra-arg=-device",
         "--qemu-extra-arg=no-such-device-xyz",
     )
-    res.assert_outcomes(failed=1)
+    res.assert_outcomes(errors=1)  # the VM fixture could not boot: a setup error, not a verdict
     res.stdout.fnmatch_lines(["*FAIL: QEMU_EXITED*", "*no-such-device-xyz*"])
 
 
@@ -99,7 +103,7 @@ def test_port_in_use_is_a_clear_error(pytester: pytest.Pytester, artifacts: Path
         busy.listen()
         port = busy.getsockname()[1]
         res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", f"--vm-http-port={port}")
-    res.assert_outcomes(failed=1)
+    res.assert_outcomes(errors=1)
     res.stdout.fnmatch_lines([f"*PORT_IN_USE*{port}*"])
 
 
@@ -153,6 +157,8 @@ def test_no_qemu_survives_an_interrupted_run(pytester: pytest.Pytester, artifact
             "-s",
             "-q",
             f"--vm-artifacts={artifacts}",
+            "--qemu-extra-arg=-name",
+            f"--qemu-extra-arg={artifacts}",
             str(pytester.path / "test_inner.py"),
         ],
         cwd=pytester.path,
@@ -162,10 +168,15 @@ def test_no_qemu_survives_an_interrupted_run(pytester: pytest.Pytester, artifact
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 180
+    seen = []
     for line in proc.stdout:
+        seen.append(line)
         if "VM-STARTED" in line or time.monotonic() > deadline:
             break
-    assert qemu_pids_with(str(artifacts)), "QEMU should be running now"
+    print("".join(seen))
+    if not qemu_pids_with(str(artifacts)):
+        proc.kill()
+        pytest.fail("QEMU should be running now")
     proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
     proc.wait(timeout=60)
     assert wait_gone(str(artifacts), 20) == []
@@ -178,7 +189,7 @@ def test_pytest_timeout_tears_the_vm_down(pytester: pytest.Pytester, artifacts: 
     source = """
     import pytest
 
-    @pytest.mark.timeout(8)
+    @pytest.mark.timeout(25)
     @pytest.mark.aero_check("virtio-net")
     def test_hang(aero_vm):
         aero_vm.expect_pass("virtio-net")
