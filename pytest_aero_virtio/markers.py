@@ -83,12 +83,13 @@ class LineSplitter:
 
     def feed(self, data: bytes) -> list[str]:
         """Add bytes; return the lines they completed (possibly none)."""
-        self._buf += data
+        buf = self._buf
+        scan_from = len(buf)  # the held-back part has no newline: search only the new bytes
+        buf += data
         lines: list[str] = []
         start = 0
-        buf = self._buf
         while True:
-            nl = buf.find(b"\n", start)
+            nl = buf.find(b"\n", max(start, scan_from))
             if nl < 0:
                 break
             chunk = buf[start:nl]
