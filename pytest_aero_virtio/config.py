@@ -81,9 +81,7 @@ class Vectors:
 
     def __str__(self) -> str:
         """``blk4.net0`` (set devices only, in field order); empty when all default."""
-        return ".".join(
-            f"{f.name}{getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) is not None
-        )
+        return ".".join(f"{f.name}{getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) is not None)
 
 
 @dataclass(frozen=True)

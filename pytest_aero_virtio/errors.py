@@ -198,7 +198,5 @@ class AeroFailure(AeroError):
                 f"  | {line}" for line in self.serial_tail
             )
         if self.artifacts:
-            text += "\nartifacts:\n" + "\n".join(
-                f"  {name}: {path}" for name, path in sorted(self.artifacts.items())
-            )
+            text += "\nartifacts:\n" + "\n".join(f"  {name}: {path}" for name, path in sorted(self.artifacts.items()))
         return text

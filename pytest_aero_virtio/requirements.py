@@ -146,8 +146,7 @@ def result_problems(
                 failure = AeroFailure(
                     failure.token,
                     f"{result.raw} arrived without a final {c.name} marker",
-                    fix="an old selftest binary cannot pass on RESULT alone; use a guest that runs this "
-                    "check",
+                    fix="an old selftest binary cannot pass on RESULT alone; use a guest that runs this check",
                 )
             problems.append(failure)
     return problems

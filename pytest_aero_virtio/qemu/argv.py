@@ -189,8 +189,7 @@ def prepare_overlay(image: Path, overlay: Path) -> ImageFormat:
     except OSError as exc:
         raise AeroConfigError(
             f"cannot read the VM image {image}: {exc.strerror or exc}",
-            fix="give a readable disk image with --vm-image, or build the reference one: "
-            "aero-virtio-refenv build",
+            fix="give a readable disk image with --vm-image, or build the reference one: aero-virtio-refenv build",
             token=IMAGE_UNREADABLE,
         ) from exc
     fmt = detect_image_format(head)
@@ -256,9 +255,7 @@ def _disk_args(opts: RunOptions, rt: RuntimePaths, image: Path) -> list[str]:
             "-blockdev",
             _opts(("driver", "file"), ("node-name", "base-file"), ("filename", image), ("read-only", True)),
             "-blockdev",
-            _opts(
-                ("driver", rt.image_format), ("node-name", "base"), ("file", "base-file"), ("read-only", True)
-            ),
+            _opts(("driver", rt.image_format), ("node-name", "base"), ("file", "base-file"), ("read-only", True)),
             "-blockdev",
             _opts(("driver", "file"), ("node-name", f"{node}-file"), ("filename", rt.overlay)),
             "-blockdev",
@@ -354,9 +351,7 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
         if vm.audio == "wav":
             if rt.wav_path is None:
                 raise ValueError("a VM with wav audio needs rt.wav_path")
-            audiodev = _opts(
-                ("id", ids["audiodev"]), ("path", rt.wav_path), ("out.frequency", opts.wav_frequency)
-            )
+            audiodev = _opts(("id", ids["audiodev"]), ("path", rt.wav_path), ("out.frequency", opts.wav_frequency))
             argv += ["-audiodev", f"wav,{audiodev}"]
         else:
             argv += ["-audiodev", f"none,id={ids['audiodev']}"]

@@ -58,10 +58,7 @@ PROBED_DEVICES: tuple[str, ...] = (
 CACHE_FORMAT = 1
 PROBE_TIMEOUT_S = 30.0
 
-_FIX = (
-    "give a working QEMU with --qemu-system=<path>, or the pinned one: "
-    "--qemu-system=$(aero-virtio-refenv qemu)"
-)
+_FIX = "give a working QEMU with --qemu-system=<path>, or the pinned one: --qemu-system=$(aero-virtio-refenv qemu)"
 
 
 def _empty_props() -> Mapping[str, frozenset[str]]:
@@ -139,10 +136,7 @@ def qmp_probe_script(devices: Iterable[str] = PROBED_DEVICES) -> str:
             "id": "types",
         },
     ]
-    cmds += [
-        {"execute": "device-list-properties", "arguments": {"typename": d}, "id": f"props:{d}"}
-        for d in devices
-    ]
+    cmds += [{"execute": "device-list-properties", "arguments": {"typename": d}, "id": f"props:{d}"} for d in devices]
     cmds.append({"execute": "quit", "id": "quit"})
     return "".join(json.dumps(c) + "\n" for c in cmds)
 
@@ -182,17 +176,11 @@ def parse_qmp_transcript(text: str) -> QmpTranscript:
     return QmpTranscript(version, MappingProxyType(returns), MappingProxyType(errors))
 
 
-def caps_from_transcript(
-    tr: QmpTranscript, version: tuple[int, int, int], device_help: str | None = None
-) -> Caps:
+def caps_from_transcript(tr: QmpTranscript, version: tuple[int, int, int], device_help: str | None = None) -> Caps:
     """Build Caps from a QMP transcript (``device_help`` is the fallback source of device names)."""
-    commands = frozenset(
-        str(c["name"]) for c in tr.returns.get("commands", []) if isinstance(c, dict) and "name" in c
-    )
+    commands = frozenset(str(c["name"]) for c in tr.returns.get("commands", []) if isinstance(c, dict) and "name" in c)
     if "types" in tr.returns:
-        devices = frozenset(
-            str(t["name"]) for t in tr.returns["types"] if isinstance(t, dict) and "name" in t
-        )
+        devices = frozenset(str(t["name"]) for t in tr.returns["types"] if isinstance(t, dict) and "name" in t)
     elif device_help is not None:
         devices = parse_device_help(device_help)
     else:
@@ -286,9 +274,7 @@ def probe(qemu: QemuCommand) -> Caps:
     try:
         version = parse_version(ver.stdout)
     except ValueError as exc:
-        raise AeroConfigError(
-            f"{path} does not look like QEMU: {exc}", fix=_FIX, token=QEMU_NOT_FOUND
-        ) from exc
+        raise AeroConfigError(f"{path} does not look like QEMU: {exc}", fix=_FIX, token=QEMU_NOT_FOUND) from exc
     session = _run(
         [str(path), "-machine", "none", "-nodefaults", "-display", "none", "-qmp", "stdio"],
         stdin=qmp_probe_script(),

@@ -63,9 +63,7 @@ def test_440_tone_stereo_48k(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("hz", "rate", "width", "channels"), [(1000, 44100, 2, 1), (250, 22050, 1, 1), (440, 48000, 4, 2)]
 )
-def test_other_frequencies_rates_widths(
-    tmp_path: Path, hz: float, rate: int, width: int, channels: int
-) -> None:
+def test_other_frequencies_rates_widths(tmp_path: Path, hz: float, rate: int, width: int, channels: int) -> None:
     fig = analyse_wav(tone(tmp_path / "b.wav", hz=hz, rate=rate, width=width, channels=channels, seconds=0.5))
     assert fig.dominant_hz is not None and abs(fig.dominant_hz - hz) < 2
     assert check_tone(fig, expect_hz=hz) == []

@@ -135,9 +135,7 @@ def test_probe_not_found(tmp_path: Path) -> None:
     with pytest.raises(AeroConfigError) as info:
         probe(QemuCommand(tmp_path / "nope"))
     assert info.value.token == "QEMU_NOT_FOUND"
-    assert (
-        info.value.fix and "--qemu-system" in info.value.fix and "aero-virtio-refenv qemu" in info.value.fix
-    )
+    assert info.value.fix and "--qemu-system" in info.value.fix and "aero-virtio-refenv qemu" in info.value.fix
     with pytest.raises(AeroConfigError, match="QEMU_NOT_FOUND"):
         probe(QemuCommand(Path("no-such-qemu-binary-xyz")))
 

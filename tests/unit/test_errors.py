@@ -22,9 +22,7 @@ def test_str_is_fail_token_message() -> None:
 
 
 def test_fix_is_rendered_on_its_own_line() -> None:
-    err = AeroConfigError(
-        "qemu-system-x86_64 not found", fix="pass --qemu-system", token=errors.QEMU_NOT_FOUND
-    )
+    err = AeroConfigError("qemu-system-x86_64 not found", fix="pass --qemu-system", token=errors.QEMU_NOT_FOUND)
     assert str(err) == "FAIL: QEMU_NOT_FOUND: qemu-system-x86_64 not found\nfix: pass --qemu-system"
     assert err.token == "QEMU_NOT_FOUND"
     assert isinstance(err, AeroError)
