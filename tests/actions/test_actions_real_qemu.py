@@ -141,7 +141,8 @@ def test_actions_on_real_qemu() -> None:
             with contextlib.suppress(EOFError, ExecInterruptedError):  # QEMU may hang up before replying
                 await qmp.execute("quit")
         finally:
-            await qmp.disconnect()
+            with contextlib.suppress(EOFError, OSError):  # after quit the peer may vanish mid-disconnect
+                await qmp.disconnect()
 
     try:
         asyncio.run(asyncio.wait_for(main(), 60))
