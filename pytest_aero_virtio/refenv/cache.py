@@ -97,3 +97,23 @@ def ensure_entry(root: Path, kind: str, key: str, build: Callable[[Path, Path], 
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return entry
+
+
+ENTRY_KINDS = ("qemu", "base", "guest", "image")
+
+
+def stale_entries(root: Path, keep: set[Path]) -> list[Path]:
+    """Entries (and leftover temp dirs of killed builds) under ``root`` that are not in ``keep``.
+
+    Every source or package change makes new entries and leaves the old ones (100+ MB each) behind; apt
+    lists, downloaded .debs and the caps cache are never stale by this rule.
+    """
+    if not root.is_dir():
+        return []
+    kept = {p.resolve() for p in keep}
+    out = []
+    for p in sorted(root.iterdir()):
+        kind = p.name.split("-", 1)[0]
+        if p.is_dir() and (kind in ENTRY_KINDS or p.name.startswith(".tmp-")) and p.resolve() not in kept:
+            out.append(p)
+    return out

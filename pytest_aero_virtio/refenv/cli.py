@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build the reference guest image if needed; print the disk image path")
     b.add_argument("--print-all", action="store_true", help="also print kernel, initrd and append (one per line)")
     b.add_argument("--refresh", action="store_true", help="re-run apt-get update on the private apt lists first")
+    c = sub.add_parser("clean", help="delete cache entries the current code no longer uses (old builds)")
+    c.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     r = sub.add_parser("bare", help="print (or --run) a plain QEMU command line for the reference guest")
     r.add_argument("--run", action="store_true", help="run it with HTTP/UDP echo services; exit with QEMU's status")
     r.add_argument("--qemu", type=Path, help="qemu-system-x86_64 to use (default: the pinned QEMU 10)")
@@ -59,6 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(img.kernel)
                 print(img.initrd)
                 print(img.append)
+        elif args.cmd == "clean":
+            import shutil
+
+            from pytest_aero_virtio.refenv.cache import cache_root, stale_entries
+            from pytest_aero_virtio.refenv.image import image_layers
+
+            keep = {ensure_qemu().parent.parent, *image_layers(ensure_image())}
+            for p in stale_entries(cache_root(), keep):
+                print(p)
+                if not args.dry_run:
+                    shutil.rmtree(p, ignore_errors=True)
         else:
             from pytest_aero_virtio.refenv.bare import run_bare
 

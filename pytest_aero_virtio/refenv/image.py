@@ -496,6 +496,7 @@ def _build_image(tmp: Path, base: Path, guest: Path, append: str) -> None:
             with open(part, "rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
     (tmp / "append").write_text(append)
+    (tmp / "layers").write_text(f"{base.name}\n{guest.name}\n")  # what `aero-virtio-refenv clean` keeps
     payload = (tmp / "vmlinuz").stat().st_size + (tmp / "initrd.img").stat().st_size
     kib = ((payload >> 10) + (MIN_FREE_MIB + 8) * 1024 + 1023) // 1024 * 1024
     disk = tmp / "disk.img"
@@ -582,6 +583,13 @@ def ensure_image(
     image_key = stable_key([("base", base_key), ("guest", guest_key), ("append", append)])
     image = ensure_entry(root, "image", image_key, lambda tmp, _f: _build_image(tmp, base, guest, append))
     return RefImage(disk=image / "disk.img", kernel=image / "vmlinuz", initrd=image / "initrd.img", append=append)
+
+
+def image_layers(img: RefImage) -> list[Path]:
+    """The entries an image is made of (its own, base, guest), for pruning old entries."""
+    entry = img.disk.parent
+    names = (entry / "layers").read_text().split() if (entry / "layers").is_file() else []
+    return [entry, *(entry.parent / n for n in names)]
 
 
 def iter_entries(root: Path, kinds: Iterable[str] = ("base", "guest", "image")) -> list[Path]:

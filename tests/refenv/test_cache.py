@@ -55,3 +55,11 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         cache.ensure_entry(tmp_path, "k", "1", build)
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".locks")] == []
+
+
+def test_stale_entries_keeps_current_and_shared_dirs(tmp_path: Path) -> None:
+    for name in ("qemu-1", "qemu-2", "base-1", "image-1", "guest-9", ".tmp-base-x", "apt", "debs", "caps", ".locks"):
+        (tmp_path / name).mkdir()
+    stale = cache.stale_entries(tmp_path, {tmp_path / "qemu-2", tmp_path / "base-1", tmp_path / "image-1"})
+    assert [p.name for p in stale] == [".tmp-base-x", "guest-9", "qemu-1"]
+    assert cache.stale_entries(tmp_path / "missing", set()) == []
