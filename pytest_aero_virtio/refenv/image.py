@@ -326,6 +326,33 @@ def _compile(rootfs: Path, target: Path, strip_prefix: Path, legacy: bool = Fals
         raise ImageBuildError(f"compileall failed in {target}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}")
 
 
+def _read_ko(path: Path) -> bytes:
+    return lzma.decompress(path.read_bytes()) if path.suffix == ".xz" else path.read_bytes()
+
+
+def _modinfo_depends(mroot: Path, wanted: Iterable[str], builtin: Iterable[str]) -> dict[str, list[str]]:
+    """{module path: depends names} for ``wanted`` and what they pull in, read from .modinfo.
+
+    Debian ships no modules.dep; decompressing all ~4000 modules to write one took most of a cold build,
+    so only the modules reachable from ``wanted`` are read.
+    """
+    index = {kmod.normalize(p.name): p for p in mroot.joinpath("kernel").rglob("*.ko*")}
+    built = {kmod.normalize(b) for b in builtin}
+    out: dict[str, list[str]] = {}
+    todo = [kmod.normalize(w) for w in wanted]
+    while todo:
+        name = todo.pop()
+        if name in built or name not in index:
+            continue  # load_order reports wanted names that are neither modules nor built in
+        rel = index[name].relative_to(mroot).as_posix()
+        if rel in out:
+            continue
+        deps = [d for d in ",".join(elf.modinfo(_read_ko(index[name])).get("depends", [""])).split(",") if d]
+        out[rel] = deps
+        todo += [kmod.normalize(d) for d in deps]
+    return out
+
+
 def _build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg: str) -> None:
     t0 = time.monotonic()
     files = apt.download(infos)
@@ -342,24 +369,18 @@ def _build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg:
     vmlinuz = staging / "boot" / f"vmlinuz-{kver}"
     shutil.copyfile(vmlinuz, tmp / "vmlinuz")
     mroot = moddirs[0]
+    builtin_file = mroot / "modules.builtin"
+    builtin = builtin_file.read_text().split() if builtin_file.is_file() else []
     depfile = mroot / "modules.dep"
     if depfile.is_file():
         dep = kmod.parse_modules_dep(depfile.read_text())
     else:
-        raw: dict[str, list[str]] = {}
-        for ko in mroot.joinpath("kernel").rglob("*.ko*"):
-            data = lzma.decompress(ko.read_bytes()) if ko.suffix == ".xz" else ko.read_bytes()
-            deps = ",".join(elf.modinfo(data).get("depends", [""])).split(",")
-            raw[ko.relative_to(mroot).as_posix()] = [d for d in deps if d]
-        dep = kmod.parse_modules_dep(kmod.render_modules_dep(raw))
-    builtin_file = mroot / "modules.builtin"
-    builtin = builtin_file.read_text().split() if builtin_file.is_file() else []
+        dep = kmod.parse_modules_dep(kmod.render_modules_dep(_modinfo_depends(mroot, MODULES, builtin)))
     order = kmod.load_order(dep, MODULES, builtin)
     mod_paths = []
     for rel in order:
         src = mroot / rel
-        data = lzma.decompress(src.read_bytes()) if rel.endswith(".xz") else src.read_bytes()
-        data = kmod.strip_signature(data)
+        data = kmod.strip_signature(_read_ko(src))
         out_rel = f"usr/lib/modules/{kver}/{rel.removesuffix('.xz')}"
         (rootfs / out_rel).parent.mkdir(parents=True, exist_ok=True)
         (rootfs / out_rel).write_bytes(data)
