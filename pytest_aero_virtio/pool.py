@@ -9,6 +9,8 @@ than it is using.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import sys
@@ -276,6 +278,26 @@ class VmHandle:
             return self.session.stop()
         finally:
             shutil.rmtree(self._private, ignore_errors=True)
+            self._write_timeline()
+
+    def _write_timeline(self) -> None:
+        """timeline.jsonl: every marker and host marker with its arrival time relative to QEMU's start.
+
+        It is what the benchmarks read (READY -> injection latency, time to RESULT) and what a reader
+        needs to see where a slow run spent its time.
+        """
+        if not self.started_at:
+            return
+        lines = []
+        for item in self.stream.history:
+            entry: dict[str, object] = {"t": round(item.t - self.started_at, 4)}
+            if isinstance(item, HostMarker):
+                entry.update(host=item.topic, status=item.status)
+            else:
+                entry.update(kind=item.kind, name=item.name, status=item.status)
+            lines.append(json.dumps(entry))
+        with contextlib.suppress(OSError):
+            self.artifacts.file("timeline.jsonl").write_text("".join(f"{line}\n" for line in lines))
 
     # -- waits ----------------------------------------------------------------------------------------------
     def remaining(self) -> float:
