@@ -118,7 +118,7 @@ def main() -> int:
         art = tmp / f"result-{n}"
         harness_wall.append(harness_run(["vmm_flows/test_selftest.py", "-k", "result", *qemu_args], art))
         (timeline,) = timelines(art)
-        first = {}
+        first: dict[str, float] = {}
         for entry in timeline:
             key = marker_key(entry)
             if key is not None:
