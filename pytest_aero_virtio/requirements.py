@@ -21,6 +21,7 @@ from .errors import (
     SELFTEST_FAILED,
     TIMEOUT,
     UDP_PORT_MISMATCH,
+    VIRTIO_SND_FORCE_NULL_BACKEND,
     WAV_CHECK_FAILED,
     AeroConfigError,
     AeroError,
@@ -93,6 +94,13 @@ def verdict(check: CheckLike, marker: Marker | None, expect: Expect | None = Non
             message = f"{name} was skipped by the guest{': ' + detail if detail else ''} ({marker.raw})"
             fix = "see why in the marker's reason; the device or feature may be missing from the VM"
         return AeroFailure(skipped_token(name), message, fix=fix)
+    if status == "FAIL" and name.startswith("virtio-snd") and "force_null_backend" in marker.raw.lower():
+        return AeroFailure(
+            VIRTIO_SND_FORCE_NULL_BACKEND,
+            f"{name} failed because the driver's ForceNullBackend bring-up toggle is set ({marker.raw})",
+            fix="clear HKLM\\SYSTEM\\CurrentControlSet\\Enum\\<DeviceInstancePath>\\Device Parameters\\"
+            "Parameters\\ForceNullBackend (set it to 0) in the guest image",
+        )
     if status == "FAIL":
         return AeroFailure(
             failed_token(name),

@@ -155,3 +155,18 @@ def test_no_result() -> None:
 )
 def test_exit_codes(error: AeroFailure | AeroConfigError | None, code: int) -> None:
     assert exit_code(error) == code
+
+
+def test_snd_force_null_backend_has_its_own_token() -> None:
+    from pytest_aero_virtio.markers import Marker as _M
+    from pytest_aero_virtio.markers import parse_line as _p
+    from pytest_aero_virtio.requirements import verdict as _v
+
+    m = _p("AERO_VIRTIO_SELFTEST|TEST|virtio-snd|FAIL|reason=force_null_backend")
+    assert isinstance(m, _M)
+    failure = _v("virtio-snd", m)
+    assert failure is not None and failure.token == "VIRTIO_SND_FORCE_NULL_BACKEND"
+    assert failure.fix is not None and "ForceNullBackend" in failure.fix
+    other = _p("AERO_VIRTIO_SELFTEST|TEST|virtio-snd|FAIL|reason=no_endpoint")
+    assert isinstance(other, _M)
+    assert _v("virtio-snd", other).token == "VIRTIO_SND_FAILED"  # type: ignore[union-attr]
