@@ -200,3 +200,15 @@ def test_pytest_timeout_tears_the_vm_down(pytester: pytest.Pytester, artifacts: 
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*Timeout*"])
     assert wait_gone(str(artifacts), 10) == []
+
+
+def test_opt_in_without_its_host_action_fails_after_the_guest_timeout(
+    pytester: pytest.Pytester, artifacts: Path
+) -> None:
+    """The guest is provisioned for media keys but no selected test armed the injection: the guest gives up
+    after its 10 s wait and the run ends with SELFTEST_FAILED naming the check - it never hangs."""
+    t0 = time.monotonic()
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-guest-arg=--test-input-media-keys")
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(["*FAIL: SELFTEST_FAILED*virtio-input-media-keys*"])
+    assert time.monotonic() - t0 < 120
