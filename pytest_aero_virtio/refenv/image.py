@@ -319,7 +319,7 @@ def _compile(rootfs: Path, target: Path, strip_prefix: Path, legacy: bool = Fals
         ],
         capture_output=True,
         text=True,
-        env={"PYTHONHOME": str(rootfs / "usr"), "LC_ALL": "C.UTF-8"},
+        env={"PYTHONHOME": str(rootfs / "usr"), "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
         check=False,
     )
     if proc.returncode != 0:
@@ -435,6 +435,8 @@ def _build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg:
     _compile(rootfs, pydst, rootfs, legacy=True)
     for py in pydst.rglob("*.py"):
         py.unlink()
+    for cache_dir in list(pydst.rglob("__pycache__")):  # written by compileall's own imports; unusable now
+        shutil.rmtree(cache_dir)
     progress(f"guest rootfs ready ({len(order)} modules, {len(libs)} libraries, {time.monotonic() - t0:.1f} s)")
 
     # The archive.
