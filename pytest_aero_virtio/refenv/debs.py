@@ -362,21 +362,24 @@ class Apt:
         self.update()
         text = f"{spec}\0{' '.join(roots)}\0{' '.join(metas)}\0{self.lists_digest()}"
         memo = self.root / "resolved" / f"{spec}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
-        if memo.is_file():
-            data = json.loads(memo.read_text())
-            return [DebInfo(d["package"], d["version"], d["arch"]) for d in data]
-        names = self.closure(roots) if roots else []
-        for meta in metas:
-            deps = self.direct_depends(meta)
-            if not deps:
-                raise AptError(f"metapackage {meta} has no Depends in Debian {SUITE}; fix: refresh with --refresh")
-            names.append(deps[0])
-        infos = self.show(names)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_suffix(".tmp")
-        tmp.write_text(json.dumps([i.__dict__ for i in infos], indent=1))
-        os.replace(tmp, memo)
-        return infos
+        if not memo.is_file():
+            with file_lock(self.root / "resolve.lock"):  # one apt-cache at a time (it rewrites pkgcache.bin)
+                if not memo.is_file():
+                    names = self.closure(roots) if roots else []
+                    for meta in metas:
+                        deps = self.direct_depends(meta)
+                        if not deps:
+                            raise AptError(
+                                f"metapackage {meta} has no Depends in Debian {SUITE}; fix: refresh with --refresh"
+                            )
+                        names.append(deps[0])
+                    infos = self.show(names)
+                    memo.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = memo.with_suffix(f".tmp{os.getpid()}")
+                    tmp.write_text(json.dumps([i.__dict__ for i in infos], indent=1))
+                    os.replace(tmp, memo)
+        data = json.loads(memo.read_text())
+        return [DebInfo(d["package"], d["version"], d["arch"]) for d in data]
 
     # -- downloads and unpacking ---------------------------------------------------------------------------
     def download(self, infos: Sequence[DebInfo]) -> list[Path]:
