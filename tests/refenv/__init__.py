@@ -1,0 +1,1 @@
+"""Tests of the reference environment (pytest_aero_virtio.refenv)."""
