@@ -17,7 +17,7 @@ import pytest
 
 from . import options as opts
 from .checks import lookup
-from .config import Vectors
+from .config import Vectors, VmConfig
 from .errors import AeroError
 from .plan import ItemNeeds, Plan, make_plan
 from .pool import PlanContext, VmPool, settings_from_config
@@ -25,6 +25,8 @@ from .qemu.machine import kill_all
 from .testing import AeroDevice, AeroVm
 
 _PLAN_KEY = pytest.StashKey[PlanContext]()
+_VM_KEY = pytest.StashKey[VmConfig]()
+_LAST_KEY = pytest.StashKey[bool]()
 _SKIPPED_SND = "QEMU {qemu} ({version}) has no virtio-sound-pci (needs QEMU >= 8.2): sound tests skipped"
 
 MARKERS = (
@@ -63,6 +65,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help=opt.help + default_text,
             )
             parser.addini(opt.ini, opt.help + default_text, type="string", default="")
+
+
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under ``-n`` with xdist's default distribution, switch to ``loadgroup`` so the tests of one VM run on
+    one worker (see the node id suffix in pytest_collection_modifyitems). An explicit ``--dist`` is kept.
+
+    A plain hook on purpose: xdist's (tryfirst) has turned ``-n`` into ``dist=load`` already, and pytest's
+    own implementation (plain, firstresult) ends the chain, so a trylast hook would never run."""
+    explicit = any(a == "-d" or a.startswith("--dist") for a in config.invocation_params.args)
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "load" and not explicit:
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Tell each xdist worker that the controller schedules by group: workers parse the original command
+    line, which does not carry the ``loadgroup`` chosen in pytest_cmdline_main."""
+    if node.config.option.dist == "loadgroup":
+        node.workerinput["aero_loadgroup"] = True
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -142,11 +163,34 @@ def pytest_collection_modifyitems(
     others = [item for item in items if item.nodeid not in rank]
     vm_sorted = sorted((item for item in items if item.nodeid in rank), key=lambda it: rank[it.nodeid])
     items[:] = vm_sorted + others
+    vm_index = {cfg: i for i, cfg in enumerate(plan.configs)}
+    workerinput = getattr(config, "workerinput", {})
+    loadgroup = bool(getattr(config.option, "loadgroup", False) or workerinput.get("aero_loadgroup"))
+    for item in vm_sorted:
+        vm_config = plan.assignment[item.nodeid]
+        item.stash[_VM_KEY] = vm_config
+        item.stash[_LAST_KEY] = plan.last_item_of(vm_config) == item.nodeid
+        if loadgroup and "@" not in item.nodeid:
+            _set_group(item, f"aero-vm{vm_index[vm_config]}")
 
     if settings.options.dry_run:
         ctx.dry_run_lines = ctx.pool().describe(plan)
         config.hook.pytest_deselected(items=list(items))
         items[:] = []
+
+
+def _set_group(item: pytest.Item, group: str) -> None:
+    """Suffix the node id with ``@group``: pytest-xdist's ``--dist loadgroup`` sends every test whose node id
+    ends in the same ``@group`` to one worker, so the tests of one VM share one boot instead of every worker
+    booting the same VM. xdist does the same for ``xdist_group`` markers (``item._nodeid``); pytest 9 keeps
+    the id in ``item._id`` (a NodeId), where xdist 3.8's assignment no longer lands, so both are handled."""
+    new_id = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):
+        from _pytest.nodeid import coerce_node_id  # type: ignore[import-not-found, unused-ignore]
+
+        item._id = coerce_node_id(new_id)  # type: ignore[attr-defined, unused-ignore]
+    else:  # pragma: no cover - pytest < 9
+        item._nodeid = new_id  # type: ignore[attr-defined]
 
 
 def pytest_report_collectionfinish(
@@ -200,10 +244,9 @@ def aero_pool(request: pytest.FixtureRequest) -> Iterator[VmPool]:
 @pytest.fixture
 def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroVm]:
     """The VM planned for this test: booted on first use with its host services and reactions armed."""
-    ctx = request.config.stash[_PLAN_KEY]
     node = request.node
     assert isinstance(node, pytest.Item)
-    vm_config = ctx.config_for(node.nodeid)
+    vm_config = node.stash[_VM_KEY]
     boot_error: AeroError | None = None
     try:
         handle = aero_pool.get(vm_config)
@@ -213,7 +256,7 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroV
         # Outside the except block: the report shows the token and the cause, not a chained traceback.
         pytest.fail(str(boot_error), pytrace=False)
     yield AeroVm(handle, node)
-    if ctx.is_last_item(node.nodeid, vm_config):
+    if node.stash[_LAST_KEY]:
         aero_pool.release(vm_config)
 
 

@@ -436,14 +436,6 @@ class PlanContext:
             "(needs QEMU >= 8.2; the pinned reference QEMU has it): virtio-snd tests skipped"
         )
 
-    def config_for(self, nodeid: str) -> VmConfig:
-        assert self.plan is not None
-        return self.plan.assignment[nodeid]
-
-    def is_last_item(self, nodeid: str, config: VmConfig) -> bool:
-        assert self.plan is not None
-        return self.plan.last_item_of(config) == nodeid
-
     def pool(self) -> VmPool:
         if self.started_pool is None:
             self.started_pool = VmPool(self.settings, self.caps())
