@@ -193,6 +193,14 @@ def _set_group(item: pytest.Item, group: str) -> None:
         item._nodeid = new_id  # type: ignore[attr-defined]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """In the xdist controller, drop the ``@aero-vmN`` scheduling suffix before the terminal and JUnit see the
+    report: test names stay the same with and without ``-n`` (CI histories key on them)."""
+    if "@aero-vm" in report.nodeid and "PYTEST_XDIST_WORKER" not in os.environ:
+        report.nodeid = report.nodeid.split("@aero-vm", 1)[0]
+
+
 def pytest_report_collectionfinish(
     config: pytest.Config, start_path: Any, items: list[pytest.Item]
 ) -> list[str] | None:
