@@ -212,3 +212,35 @@ def test_opt_in_without_its_host_action_fails_after_the_guest_timeout(
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*FAIL: SELFTEST_FAILED*virtio-input-media-keys*"])
     assert time.monotonic() - t0 < 120
+
+
+def test_xdist_boots_each_vm_once_and_keeps_test_names(pytester: pytest.Pytester, artifacts: Path) -> None:
+    """Under -n 2 the tests of one VM go to one worker (one boot per planned VM, not per worker), and JUnit
+    names carry no scheduling suffix."""
+    source = """
+    import pytest
+
+    @pytest.mark.aero_check("virtio-blk")
+    def test_a(aero_vm):
+        aero_vm.expect_pass("virtio-blk")
+
+    @pytest.mark.aero_check("virtio-net")
+    def test_b(aero_vm):
+        aero_vm.expect_pass("virtio-net")
+
+    @pytest.mark.aero_check("virtio-input")
+    def test_c(aero_vm):
+        aero_vm.expect_pass("virtio-input")
+
+    @pytest.mark.aero_vm(vectors=0)
+    @pytest.mark.aero_check("virtio-blk")
+    def test_intx(aero_vm):
+        assert aero_vm.expect_pass("virtio-blk").get("irq_mode") == "intx"
+    """
+    junit = pytester.path / "junit.xml"
+    res = run(pytester, source, f"--vm-artifacts={artifacts}", "-n", "2", f"--junitxml={junit}")
+    res.assert_outcomes(passed=4)
+    vm_dirs = sorted(p.name for p in artifacts.iterdir())
+    assert len(vm_dirs) == 2, vm_dirs  # two planned VMs, each booted once
+    xml = junit.read_text()
+    assert 'name="test_a"' in xml and "@aero-vm" not in xml
