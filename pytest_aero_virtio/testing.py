@@ -17,7 +17,7 @@ import pytest
 from . import requirements
 from .audio import WavFigures, analyse_wav, check_tone
 from .checks import lookup
-from .errors import QEMU_PCI_PREFLIGHT_FAILED, WAV_CHECK_FAILED, AeroError, AeroFailure
+from .errors import QEMU_PCI_PREFLIGHT_FAILED, WAV_CHECK_FAILED, AeroError, AeroFailure, name_token
 from .markers import HostMarker, Marker
 
 if TYPE_CHECKING:
@@ -194,12 +194,20 @@ class AeroVm:
 
     # -- JUnit ------------------------------------------------------------------------------------------------
     def _record(self, key: str, value: object) -> None:
-        self._node.user_properties.append((key, str(value)))
+        prop = (key, str(value))
+        if prop not in self._node.user_properties:
+            self._node.user_properties.append(prop)
 
     def _record_marker(self, marker: Marker) -> None:
+        """The marker's status and fields, and the host markers of the same device so far (``VIRTIO_BLK_*``
+        for ``virtio-blk-*``: the injections, resizes and mirrored diagnostics a CI reader wants beside it)."""
         self._record(f"{marker.name}.status", marker.status)
         for key, value in marker.fields.items():
             self._record(f"{marker.name}.{key}", value)
+        device_topic = name_token("-".join((marker.name or "").split("-")[:2]))
+        for hm in self.handle.host_markers():
+            if hm.topic.startswith(device_topic):
+                self._record(f"host.{hm.topic}", hm.line())
 
 
 class AeroDevice:
