@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -551,7 +551,5 @@ __all__ = [
     "Settings",
     "VmHandle",
     "VmPool",
-    "replace",
-    "resolve_accel",
     "settings_from_config",
 ]

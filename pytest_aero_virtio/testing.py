@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -235,6 +234,5 @@ __all__ = [
     "TRANSITIONAL_IDS",
     "AeroDevice",
     "AeroVm",
-    "Path",
     "expected_irq_mode",
 ]
