@@ -73,6 +73,12 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 
     A plain hook on purpose: xdist's (tryfirst) has turned ``-n`` into ``dist=load`` already, and pytest's
     own implementation (plain, firstresult) ends the chain, so a trylast hook would never run."""
+    if getattr(config.option, "numprocesses", None) and (config.getoption("vm_dry_run") or config.getini("vm_dry_run")):
+        # A dry run starts nothing: no workers either, so its listing is printed by this process.
+        config.option.numprocesses = 0
+        config.option.dist = "no"
+        config.option.tx = []
+        return
     explicit = any(a == "-d" or a.startswith("--dist") for a in config.invocation_params.args)
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "load" and not explicit:
         config.option.dist = "loadgroup"
