@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -52,6 +51,7 @@ class Settings:
     guest_extra_args: tuple[str, ...]
     blk_resize_delta: int
     reference_guest: bool
+    follow_fd: int | None = None  # where --follow-serial writes (the terminal, past pytest's capture)
 
 
 def _resolve_qemu(value: str | None) -> QemuCommand:
@@ -127,6 +127,7 @@ def settings_from_config(config: pytest.Config) -> Settings:
         )
         << 20,
         reference_guest=reference,
+        follow_fd=terminal_fd(config) if run.follow_serial else None,
     )
 
 
@@ -217,7 +218,7 @@ class VmHandle:
             stream=self.stream,
             services=self.services,
             reactions=self._reactions,
-            follow_serial=_follower(config) if settings.options.follow_serial else None,
+            follow_serial=_follower(settings.follow_fd) if settings.follow_fd is not None else None,
             first_output_timeout=settings.silence_timeout_s,
             name=self.artifacts.name,
         )
@@ -394,20 +395,29 @@ class VmHandle:
                 )
 
 
-def _follower(config: VmConfig) -> Callable[[str], None]:
-    """Echo serial lines live to the terminal, past pytest's capture (the real tty when there is one)."""
-    try:
-        out = open("/dev/tty", "w", encoding="utf-8", errors="replace")  # noqa: SIM115 - lives for the run
-    except OSError:
-        out = sys.__stderr__  # type: ignore[assignment]
+def terminal_fd(config: pytest.Config) -> int:
+    """A descriptor of the terminal pytest started on, past its output capture.
+
+    With ``--capture=fd`` (the default) fds 1 and 2 point into capture files during tests; the capture
+    manager keeps a duplicate of the original ones (``targetfd_save``), which is where live serial output must
+    go. With ``-s`` there is no capture and fd 2 is the terminal itself.
+    """
+    capman = config.pluginmanager.getplugin("capturemanager")
+    multi = getattr(capman, "_global_capturing", None)
+    for capture in (getattr(multi, "err", None), getattr(multi, "out", None)):
+        saved = getattr(capture, "targetfd_save", None)
+        if isinstance(saved, int):
+            return os.dup(saved)
+    return os.dup(2)
+
+
+def _follower(fd: int) -> Callable[[str], None]:
+    """Echo serial lines live to ``fd`` (see :func:`terminal_fd`), prefixed with the xdist worker."""
     prefix = f"[{WORKER}] " if WORKER != "main" else ""
 
     def follow(line: str) -> None:
-        try:
-            out.write(f"{prefix}{line}\n")
-            out.flush()
-        except (OSError, ValueError):
-            pass
+        with contextlib.suppress(OSError):
+            os.write(fd, f"{prefix}{line}\n".encode(errors="replace"))
 
     return follow
 

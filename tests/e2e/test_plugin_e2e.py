@@ -34,8 +34,10 @@ def run(pytester: pytest.Pytester, source: str, *args: str, timeout: float = 300
 
 
 def test_reference_guest_passes_and_writes_artifacts(pytester: pytest.Pytester, artifacts: Path) -> None:
-    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}")
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--follow-serial")
     res.assert_outcomes(passed=1)
+    # --follow-serial: the guest's lines reach the terminal live, past pytest's fd capture
+    assert "AERO_VIRTIO_SELFTEST|START|version=1" in res.stdout.str() + res.stderr.str()
     (vm_dir,) = artifacts.iterdir()
     serial = (vm_dir / "serial.log").read_bytes()
     assert b"AERO_VIRTIO_SELFTEST|RESULT|PASS" in serial
