@@ -30,6 +30,7 @@ from .artifacts import ArtifactDir
 from .checks import BASE_CHECKS, CATALOG, GuestCheck, lookup
 from .config import DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT, QemuCommand, RunOptions, Vectors, VmConfig
 from .errors import QEMU_NOT_FOUND, UDP_PORT_MISMATCH, AeroConfigError, AeroError, AeroFailure
+from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, MarkerStream
 from .plan import Plan, guest_args
@@ -202,6 +203,8 @@ class VmHandle:
         self.overlay = self._private / "overlay.qcow2"
         self.image_format = "raw"
         self._qmp = _LateQmp()
+        fixed_ports = (settings.options.http_port, settings.options.udp_port)
+        self._port_locks = PortLocks(fixed_ports, settings.options.timeout_s)
         ctx = ActionContext(
             qmp=self._qmp,
             stream=self.stream,
@@ -270,14 +273,21 @@ class VmHandle:
 
             with open(image, "rb") as fh:
                 self.image_format = detect_image_format(fh.read(512))
+        # Fixed ports (a Windows guest's) are taken in turn by this user's VMs; ephemeral ones need no lock.
+        self._port_locks.acquire()
         self.started_at = time.monotonic()
         self.deadline = self.started_at + self.options.timeout_s
-        self.session.start()
+        try:
+            self.session.start()
+        except BaseException:
+            self._port_locks.release()
+            raise
 
     def stop(self) -> str:
         try:
             return self.session.stop()
         finally:
+            self._port_locks.release()
             shutil.rmtree(self._private, ignore_errors=True)
             self._write_timeline()
 

@@ -246,3 +246,30 @@ def test_xdist_boots_each_vm_once_and_keeps_test_names(pytester: pytest.Pytester
     assert len(vm_dirs) == 2, vm_dirs  # two planned VMs, each booted once
     xml = junit.read_text()
     assert 'name="test_a"' in xml and "@aero-vm" not in xml
+
+
+def test_fixed_port_vms_on_two_workers_take_turns(pytester: pytest.Pytester, artifacts: Path) -> None:
+    """A guest with fixed ports (like a Windows image) on -n 2: the two VMs need the same ports, so the second
+    waits for the first instead of failing with PORT_IN_USE."""
+    source = """
+    import pytest
+
+    @pytest.mark.aero_check("virtio-net")
+    def test_modern(aero_vm):
+        aero_vm.expect_pass("virtio-net")
+
+    @pytest.mark.aero_vm(vectors=0)
+    @pytest.mark.aero_check("virtio-net")
+    def test_intx(aero_vm):
+        aero_vm.expect_pass("virtio-net")
+    """
+    with socket.socket() as probe:  # two free ports, fixed for both VMs
+        probe.bind(("127.0.0.1", 0))
+        http = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        udp = probe.getsockname()[1]
+    res = run(pytester, source, f"--vm-artifacts={artifacts}", "-n", "2", f"--vm-http-port={http}",
+              f"--vm-udp-port={udp}")
+    res.assert_outcomes(passed=2)
+    assert len(list(artifacts.iterdir())) == 2
