@@ -34,8 +34,14 @@ def run(pytester: pytest.Pytester, source: str, *args: str, timeout: float = 300
 
 
 def test_reference_guest_passes_and_writes_artifacts(pytester: pytest.Pytester, artifacts: Path) -> None:
+    from pytest_aero_virtio.refenv.image import ensure_image
+
+    disk = ensure_image().disk
+    before = hashlib.sha256(disk.read_bytes()).hexdigest()
     res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--follow-serial")
     res.assert_outcomes(passed=1)
+    # the guest wrote its blk test files, into the snapshot overlay only
+    assert hashlib.sha256(disk.read_bytes()).hexdigest() == before, "the base image was modified"
     # --follow-serial: the guest's lines reach the terminal live, past pytest's fd capture
     assert "AERO_VIRTIO_SELFTEST|START|version=1" in res.stdout.str() + res.stderr.str()
     (vm_dir,) = artifacts.iterdir()
