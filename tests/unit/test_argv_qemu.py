@@ -29,7 +29,8 @@ def _pinned_qemu() -> str | None:
 
     from pytest_aero_virtio.refenv.cache import cache_root
 
-    roots = [cache_root()] + [Path(p) for p in (os.environ.get("AERO_VIRTIO_TEST_CACHE", "/tmp/aero-cache"),)]
+    extra = os.environ.get("AERO_VIRTIO_TEST_CACHE")
+    roots = [cache_root()] + ([Path(extra)] if extra else [])
     for root in roots:
         for launcher in sorted(root.glob("qemu-*/bin/qemu-system-x86_64")):
             if os.access(launcher, os.X_OK):
