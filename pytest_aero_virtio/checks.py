@@ -138,4 +138,4 @@ def lookup(name: str) -> GuestCheck:
         if name.startswith(f"virtio-{dev}"):
             device = dev
             break
-    return GuestCheck(name, device)
+    return GuestCheck(name, device, snd=device == "snd")

@@ -205,8 +205,8 @@ def parse_seconds(flag: str, value: str | None) -> float:
         s = float(str(value))
     except ValueError:
         raise _fail(flag, value, "not a number of seconds", f"pass {flag}=<seconds>") from None
-    if not s > 0:
-        raise _fail(flag, value, "must be more than 0 s", f"pass {flag}=<seconds>")
+    if not 0 < s <= 86400:  # also rejects nan and inf, which no wait can take
+        raise _fail(flag, value, "must be more than 0 s and at most a day", f"pass {flag}=<seconds>")
     return s
 
 

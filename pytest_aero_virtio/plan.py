@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .checks import Audio, lookup
+from .checks import BASE_CHECKS, CATALOG, Audio, GuestCheck, lookup
 from .config import Vectors, VmConfig
 
 
@@ -161,3 +161,16 @@ def guest_args(
     args.append(f"--udp-port={udp_port}")
     args.extend(extra)
     return shlex.join(args)
+
+
+def required_checks(vm: VmConfig) -> list[GuestCheck]:
+    """The per-test markers that must accompany ``RESULT|PASS`` on ``vm``: the base checks, plus every opt-in
+    check the VM is fully provisioned for - its guest flags passed *and* its host reactions armed. (Flags
+    alone are not enough: ``virtio-input-wheel`` shares ``--test-input-events`` but the guest skips it when
+    the host was not asked to inject the wheel.)"""
+    names = list(BASE_CHECKS)
+    for check in CATALOG.values():
+        provisioned = set(check.guest_flags) <= vm.guest_flags and set(check.reactions) <= vm.reactions
+        if check.guest_flags and provisioned:
+            names.append(check.name)
+    return [lookup(n) for n in names]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from types import FrameType
 from typing import Any
 
@@ -26,7 +26,6 @@ from .testing import AeroDevice, AeroVm
 
 _PLAN_KEY = pytest.StashKey[PlanContext]()
 _VM_KEY = pytest.StashKey[VmConfig]()
-_LAST_KEY = pytest.StashKey[bool]()
 _SKIPPED_SND = "QEMU {qemu} ({version}) has no virtio-sound-pci (needs QEMU >= 8.2): sound tests skipped"
 
 MARKERS = (
@@ -79,7 +78,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         config.option.dist = "no"
         config.option.tx = []
         return
-    explicit = any(a == "-d" or a.startswith("--dist") for a in config.invocation_params.args)
+    given = [*config.invocation_params.args, *config.getini("addopts"), *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    explicit = any(a == "-d" or a.startswith("--dist") for a in given)
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "load" and not explicit:
         config.option.dist = "loadgroup"
 
@@ -120,17 +120,34 @@ def _kill_qemu_on_sigterm() -> None:
 
 
 def _needs(item: pytest.Item) -> ItemNeeds | None:
-    """An item's needs from its markers; None for tests that use no VM."""
+    """An item's needs from its markers; None for tests that use no VM. Bad marker arguments are usage
+    errors that name the test."""
     check = item.get_closest_marker("aero_check")
     variant = item.get_closest_marker("aero_vm")
     if check is None and variant is None:
         return None
+
+    def bad(what: str) -> pytest.UsageError:
+        return pytest.UsageError(f"{item.nodeid}: {what}")
+
     names = tuple(check.args) if check is not None else ()
+    if not all(isinstance(n, str) and n for n in names):
+        raise bad(f"aero_check takes check names as strings, got {names!r}")
     kw: dict[str, Any] = dict(check.kwargs) if check is not None else {}
     vkw: dict[str, Any] = dict(variant.kwargs) if variant is not None else {}
+    unknown = (set(kw) - {"audio", "at_end"}) | (set(vkw) - {"vectors", "transitional"})
+    if unknown:
+        raise bad(f"unknown aero_check/aero_vm argument(s): {', '.join(sorted(unknown))}")
+    if kw.get("audio") not in (None, "wav", "none"):
+        raise bad(f"aero_check(audio=...) must be 'wav' or 'none', got {kw['audio']!r}")
     vectors = vkw.get("vectors")
-    if isinstance(vectors, int):
-        vectors = Vectors(blk=vectors, net=vectors, input=vectors, snd=vectors)
+    try:
+        if isinstance(vectors, bool) or not (vectors is None or isinstance(vectors, (int, Vectors))):
+            raise bad(f"aero_vm(vectors=...) takes an int or a Vectors, got {vectors!r}")
+        if isinstance(vectors, int):
+            vectors = Vectors(blk=vectors, net=vectors, input=vectors, snd=vectors)
+    except AeroError as exc:
+        raise bad(str(exc)) from None
     return ItemNeeds(
         checks=names,
         audio=kw.get("audio"),
@@ -140,30 +157,34 @@ def _needs(item: pytest.Item) -> ItemNeeds | None:
     )
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
-    """Plan the VMs from the *selected* items (trylast: after -k/-m deselection) and order items by VM."""
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Plan the VMs from the final selection and order the items by VM.
+
+    Here rather than in ``pytest_collection_modifyitems``: only now is every deselection and reordering done
+    (``-k``, ``-m``, and also ``--lf``/``--ff``/``--nf``, whose hook wrappers run after any plain hook). tryfirst:
+    before xdist's worker reports its collection (with our group suffixes) and before the terminal prints it.
+    """
+    config = session.config
+    items = session.items
     wanted = [(item, _needs(item)) for item in items]
     vm_items = [(item, needs) for item, needs in wanted if needs is not None]
     if not vm_items:
         return
     try:
         settings = settings_from_config(config)
+        ctx = PlanContext(settings=settings)
+        planned: list[tuple[str, ItemNeeds]] = []
+        for item, needs in vm_items:
+            if any(lookup(n).snd for n in needs.checks) and not ctx.has_sound():
+                item.add_marker(pytest.mark.skip(reason=ctx.no_sound_reason()))
+                continue
+            planned.append((item.nodeid, needs))
+        plan: Plan = make_plan(planned, default_vectors=settings.vectors)
     except AeroError as exc:
         raise pytest.UsageError(str(exc)) from None
-    ctx = PlanContext(settings=settings)
-    config.stash[_PLAN_KEY] = ctx
-
-    planned: list[tuple[str, ItemNeeds]] = []
-    for item, needs in vm_items:
-        if any(lookup(n).snd for n in needs.checks) and not ctx.has_sound():
-            item.add_marker(pytest.mark.skip(reason=ctx.no_sound_reason()))
-            continue
-        planned.append((item.nodeid, needs))
-    plan: Plan = make_plan(planned, default_vectors=settings.vectors)
     ctx.plan = plan
+    config.stash[_PLAN_KEY] = ctx
 
     rank = {nodeid: i for i, nodeid in enumerate(plan.order)}
     others = [item for item in items if item.nodeid not in rank]
@@ -175,12 +196,14 @@ def pytest_collection_modifyitems(
     for item in vm_sorted:
         vm_config = plan.assignment[item.nodeid]
         item.stash[_VM_KEY] = vm_config
-        item.stash[_LAST_KEY] = plan.last_item_of(vm_config) == item.nodeid
-        if loadgroup and "@" not in item.nodeid:
+        if loadgroup and "@aero-vm" not in item.nodeid:
             _set_group(item, f"aero-vm{vm_index[vm_config]}")
 
     if settings.options.dry_run:
-        ctx.dry_run_lines = ctx.pool().describe(plan)
+        try:
+            ctx.dry_run_lines = ctx.pool().describe(plan)
+        except AeroError as exc:
+            raise pytest.UsageError(str(exc)) from None
         config.hook.pytest_deselected(items=list(items))
         items[:] = []
 
@@ -205,6 +228,25 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     report: test names stay the same with and without ``-n`` (CI histories key on them)."""
     if "@aero-vm" in report.nodeid and "PYTEST_XDIST_WORKER" not in os.environ:
         report.nodeid = report.nodeid.split("@aero-vm", 1)[0]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """After a test of a VM, stop that VM if the next test does not use it.
+
+    Decided from the actual next item, not from the plan, so a skipped, failed or reordered test never leaves a
+    VM running beside the next one (which for a fixed-port guest would wait on its own port lock).
+    """
+    try:
+        yield
+    finally:
+        ctx = item.config.stash.get(_PLAN_KEY, None)
+        vm_config = item.stash.get(_VM_KEY, None)
+        pool = ctx.started_pool if ctx is not None else None
+        if pool is not None and vm_config is not None:
+            following = nextitem.stash.get(_VM_KEY, None) if nextitem is not None else None
+            if following != vm_config:
+                pool.release(vm_config)
 
 
 def pytest_report_collectionfinish(
@@ -260,7 +302,13 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroV
     """The VM planned for this test: booted on first use with its host services and reactions armed."""
     node = request.node
     assert isinstance(node, pytest.Item)
-    vm_config = node.stash[_VM_KEY]
+    vm_config = node.stash.get(_VM_KEY, None)
+    if vm_config is None:
+        pytest.fail(
+            f"{node.nodeid} uses a VM fixture but has no VM planned: mark it with "
+            "@pytest.mark.aero_check(...) (or aero_vm(...)) so the plan knows what it needs",
+            pytrace=False,
+        )
     boot_error: AeroError | None = None
     try:
         handle = aero_pool.get(vm_config)
@@ -270,8 +318,6 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroV
         # Outside the except block: the report shows the token and the cause, not a chained traceback.
         pytest.fail(str(boot_error), pytrace=False)
     yield AeroVm(handle, node)
-    if node.stash[_LAST_KEY]:
-        aero_pool.release(vm_config)
 
 
 @pytest.fixture

@@ -27,13 +27,13 @@ from . import options as opts
 from .actions import vm_reactions
 from .actions.base import ActionContext, Reactor
 from .artifacts import ArtifactDir
-from .checks import BASE_CHECKS, CATALOG, GuestCheck, lookup
+from .checks import GuestCheck, lookup
 from .config import DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT, QemuCommand, RunOptions, Vectors, VmConfig
 from .errors import QEMU_NOT_FOUND, UDP_PORT_MISMATCH, AeroConfigError, AeroError, AeroFailure
 from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, MarkerStream
-from .plan import Plan, guest_args
+from .plan import Plan, guest_args, required_checks
 from .qemu.accel import kvm_device_usable, resolve_accel
 from .qemu.argv import RuntimePaths, build_argv, format_argv, prepare_overlay
 from .qemu.caps import Caps, probe_cached
@@ -203,6 +203,7 @@ class VmHandle:
         self.overlay = self._private / "overlay.qcow2"
         self.image_format = "raw"
         self._qmp = _LateQmp()
+        self._pci: dict[str, tuple[int, int]] | None = None
         fixed_ports = (settings.options.http_port, settings.options.udp_port)
         self._port_locks = PortLocks(fixed_ports, settings.options.timeout_s)
         ctx = ActionContext(
@@ -282,6 +283,10 @@ class VmHandle:
         except BaseException:
             self._port_locks.release()
             raise
+        # QEMU holds the overlay open: unlink it now, so no death of ours (SIGKILL, os._exit) can leave it.
+        shutil.rmtree(self._private, ignore_errors=True)
+        with contextlib.suppress(AeroError):
+            self._pci = self._query_pci()
 
     def stop(self) -> str:
         try:
@@ -328,12 +333,8 @@ class VmHandle:
         return self.stream.wait_for(lambda m: m.kind == "CONFIG", self.remaining(), "the guest's CONFIG line")
 
     def required_checks(self) -> list[GuestCheck]:
-        """Checks that must accompany RESULT|PASS on this VM: the base ones and every enabled opt-in."""
-        names = list(BASE_CHECKS)
-        for check in CATALOG.values():
-            if check.guest_flags and set(check.guest_flags) <= self.config.guest_flags:
-                names.append(check.name)
-        return [lookup(n) for n in names]
+        """Checks that must accompany RESULT|PASS on this VM (see :func:`plan.required_checks`)."""
+        return required_checks(self.config)
 
     # -- host side ------------------------------------------------------------------------------------------
     def serial_tail(self) -> list[str]:
@@ -363,7 +364,15 @@ class VmHandle:
         return self.session.qmp(command, arguments)
 
     def pci_devices(self) -> dict[str, tuple[int, int]]:
-        """qdev id -> (vendor, device) of every PCI function, from QMP ``query-pci``."""
+        """qdev id -> (vendor, device) of every PCI function, from QMP ``query-pci`` at boot.
+
+        Read once right after QMP is up and kept: the PCI layout never changes, and a test asking after the
+        guest powered off (it does so after RESULT) must still get an answer."""
+        if self._pci is None:
+            self._pci = self._query_pci()
+        return self._pci
+
+    def _query_pci(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
 
         def walk(devices: list[dict[str, Any]]) -> None:
@@ -501,23 +510,33 @@ class VmPool:
         return self._accel
 
     def get(self, config: VmConfig) -> VmHandle:
-        """The running VM for ``config``, booting it now if this is its first test."""
+        """The running VM for ``config``, booting it now if this is its first test (or if it was stopped
+        because other tests ran in between, as after ``--ff`` reordering)."""
         if config in self._failed:
             raise self._failed[config]
         handle = self._handles.get(config)
-        if handle is None:
-            handle = VmHandle(self.settings, config, self.caps, self.accel(), len(self._order))
-            self._order.append(config)
-            self._handles[config] = handle
+        if handle is None or config in self._released:
+            self._released.discard(config)
             try:
+                handle = VmHandle(self.settings, config, self.caps, self.accel(), len(self._order))
+                self._order.append(config)
+                self._handles[config] = handle
                 handle.start()
             except AeroError as exc:
                 self._failed[config] = exc
                 raise
+            except Exception as exc:  # an OSError preparing the overlay, a bug: keep the cause, never retry blind
+                failure = AeroFailure(
+                    "VM_BOOT_FAILED",
+                    f"the VM {config} could not be started: {type(exc).__name__}: {exc}",
+                    fix="see the cause above; the VM's artifacts, if any, are under --vm-artifacts",
+                )
+                self._failed[config] = failure
+                raise failure from exc
         return handle
 
     def release(self, config: VmConfig) -> None:
-        """Its last test is done: stop the VM now rather than at session end."""
+        """No test needs this VM next: stop it now rather than at session end."""
         handle = self._handles.get(config)
         if handle is not None and config not in self._released:
             self._released.add(config)

@@ -7,6 +7,7 @@ Every assertion helper here fails the test with the protocol's token first (``FA
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,14 @@ class AeroVm:
 
     def expect_host(self, topic: str, status: str) -> HostMarker:
         """The latest host marker of ``topic`` must have ``status`` (host markers record what the host did)."""
-        found = [h for h in self.handle.host_markers() if h.topic == topic]
+        # The host records an action's outcome after QEMU's reply, which can come just after the guest's verdict:
+        # give it a moment before deciding.
+        deadline = time.monotonic() + 5.0
+        while True:
+            found = [h for h in self.handle.host_markers() if h.topic == topic]
+            if any(h.status == status for h in found) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if not found:
             pytest.fail(
                 f"FAIL: MISSING_HOST_{topic}: the host never recorded {topic}; "

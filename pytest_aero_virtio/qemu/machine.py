@@ -897,11 +897,15 @@ class VmSession:
 
     def _stop_locked(self) -> None:
         loop, thread = self._loop, self._thread
+        interrupted: BaseException | None = None  # Ctrl-C / pytest-timeout during the ladder: finish, then re-raise
         if loop is not None and thread is not None and thread.is_alive() and not loop.is_closed():
             try:
                 self._call(self._async_stop(), self._stop_timeouts.total + 15.0)
-            except BaseException:
+            except Exception:
                 LOG.exception("orderly stop of %s failed; killing", self.name)
+            except BaseException as exc:
+                LOG.warning("stop of %s interrupted (%s); killing", self.name, type(exc).__name__)
+                interrupted = exc
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=10.0)
@@ -920,6 +924,8 @@ class VmSession:
         self._close_files()
         if self._popen is None and self.ended is None:
             self.ended = "not-started"
+        if interrupted is not None:
+            raise interrupted
 
     async def _async_stop(self) -> None:
         self._stopping = True

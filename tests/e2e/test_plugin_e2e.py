@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -280,3 +281,43 @@ def test_fixed_port_vms_on_two_workers_take_turns(pytester: pytest.Pytester, art
               f"--vm-udp-port={udp}")
     res.assert_outcomes(passed=2)
     assert len(list(artifacts.iterdir())) == 2
+
+
+def test_vm_stops_before_the_next_vm_even_if_its_last_test_is_skipped(
+    pytester: pytest.Pytester, artifacts: Path
+) -> None:
+    """The plan's last test of vm0 is skipped: vm0 must still be stopped before vm1 boots (never two at once)."""
+    source = f"""
+    import pytest
+    from aero_e2e_procs import qemu_pids_with
+
+    @pytest.mark.aero_check("virtio-net")
+    def test_first(aero_vm):
+        aero_vm.expect_pass("virtio-net")
+
+    @pytest.mark.skip(reason="skipped on purpose")
+    @pytest.mark.aero_check("virtio-net")
+    def test_skipped_last_of_vm0(aero_vm):
+        pass
+
+    @pytest.mark.aero_vm(vectors=0)
+    @pytest.mark.aero_check("virtio-net")
+    def test_other_vm(aero_vm):
+        assert len(qemu_pids_with({str(artifacts)!r})) == 1, "vm0 is still running beside vm1"
+    """
+    shutil.copy(Path(__file__).parent / "aero_e2e_procs.py", pytester.path)  # importable by the inner test
+    res = run(pytester, source, f"--vm-artifacts={artifacts}")
+    res.assert_outcomes(passed=2, skipped=1)
+
+
+def test_bad_marker_arguments_name_the_test(pytester: pytest.Pytester) -> None:
+    source = """
+    import pytest
+
+    @pytest.mark.aero_check(["virtio-blk"])
+    def test_list_instead_of_names(aero_vm):
+        pass
+    """
+    res = run(pytester, source)
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*test_list_instead_of_names*aero_check takes check names as strings*"])

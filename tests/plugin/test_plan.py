@@ -111,3 +111,15 @@ def test_catalog_base_checks_and_unknown_names() -> None:
         assert check.name.startswith(f"virtio-{check.device}")
         if check.reactions:
             assert check.opt_in, f"{check.name}: a READY reaction only makes sense for an opt-in check"
+
+
+def test_required_checks_need_flags_and_reactions() -> None:
+    from pytest_aero_virtio.plan import required_checks
+
+    events_only = make_plan([("e", n("virtio-input-events"))]).configs[0]
+    names = {c.name for c in required_checks(events_only)}
+    assert "virtio-input-events" in names and set(BASE_CHECKS) <= names
+    assert "virtio-input-wheel" not in names  # same guest flag, but the wheel injection is not armed
+    with_wheel = make_plan([("e", n("virtio-input-events")), ("w", n("virtio-input-wheel"))]).configs[0]
+    assert "virtio-input-wheel" in {c.name for c in required_checks(with_wheel)}
+    assert {c.name for c in required_checks(VmConfig())} == set(BASE_CHECKS)
