@@ -86,6 +86,11 @@ def settings_from_config(config: pytest.Config) -> Settings:
     initrd = opts.readable_file("--vm-initrd", raw["vm_initrd"])
     append = raw["vm_append"] or None
     reference = image is None
+    if not reference and raw["vm_direct_boot"] == "on" and kernel is None:
+        raise AeroConfigError(
+            "--vm-direct-boot=on boots the reference guest's kernel, but --vm-image names another guest",
+            fix="give that guest's kernel with --vm-kernel (and --vm-initrd/--vm-append), or drop --vm-direct-boot",
+        )
     if reference:
         from .refenv.image import ensure_image
 

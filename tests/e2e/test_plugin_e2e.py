@@ -141,6 +141,11 @@ def test_bad_options_are_usage_errors(pytester: pytest.Pytester, tmp_path: Path)
     res.stderr.fnmatch_lines(["*QEMU_NOT_FOUND*"])
     res = run(pytester, RESULT_TEST, "--vm-accel=hvf")
     assert res.ret == pytest.ExitCode.USAGE_ERROR
+    image = tmp_path / "other-guest.img"
+    image.write_bytes(b"\0" * 512)
+    res = run(pytester, RESULT_TEST, f"--vm-image={image}", "--vm-direct-boot=on")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    res.stderr.fnmatch_lines(["*CONFIG_ERROR: --vm-direct-boot=on*", "fix:*--vm-kernel*"])
 
 
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
