@@ -10,6 +10,7 @@ few seconds once per machine.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from ..config import QemuCommand
+from .machine import child_setup
 
 #: What a kernel prints when it ran far enough to prove the accelerator works.
 _ALIVE = (b"Kernel panic", b"VFS: Unable to mount root", b"Run /init")
@@ -79,20 +81,25 @@ def kvm_works(qemu: QemuCommand, kernel: Path, cache_dir: Path) -> bool:
     except (OSError, ValueError, KeyError):
         pass
     try:
+        # Like every QEMU of the plugin: killed with pytest (PDEATHSIG), even inside this 10 s window.
         proc = subprocess.run(
             probe_argv(qemu, kernel),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=PROBE_TIMEOUT_S,
             check=False,
+            preexec_fn=child_setup(os.getpid()),
         )
         works = proc.returncode == 0 and kernel_ran(proc.stdout)
     except subprocess.TimeoutExpired:
         works = False  # subprocess.run killed it; a hung KVM guest is a "no"
     except OSError:
         return False
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"kvm_works": works}))
+    with contextlib.suppress(OSError):  # an unwritable cache only costs a probe next time
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"kvm_works": works}))
+        tmp.replace(cache)  # atomic: concurrent xdist workers never read half a file
     return works
 
 

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NO_SERIAL_OUTPUT",
     "QmpChannel",
+    "child_setup",
     "Reactions",
     "StopTimeouts",
     "VmSession",
@@ -222,7 +223,7 @@ def stop_all() -> None:
 atexit.register(kill_all)
 
 
-def _make_child_setup(parent_pid: int) -> Callable[[], None]:
+def child_setup(parent_pid: int) -> Callable[[], None]:
     """The ``preexec_fn``: ask the kernel to SIGKILL the child when its forking thread dies.
 
     The libc function is resolved here, in the parent, so the child (a fork of a threaded process) only makes
@@ -689,7 +690,7 @@ class VmSession:
                         stderr=subprocess.STDOUT,
                         pass_fds=(serial_theirs.fileno(), qmp_theirs.fileno()),
                         start_new_session=True,
-                        preexec_fn=_make_child_setup(os.getpid()),
+                        preexec_fn=child_setup(os.getpid()),
                         env=env,
                     )
                 except OSError as exc:
