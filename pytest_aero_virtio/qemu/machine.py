@@ -66,10 +66,10 @@ if TYPE_CHECKING:
 __all__ = [
     "NO_SERIAL_OUTPUT",
     "QmpChannel",
-    "child_setup",
     "Reactions",
     "StopTimeouts",
     "VmSession",
+    "child_setup",
     "describe_status",
     "exit_failure",
     "kill_all",
