@@ -16,7 +16,6 @@ from typing import Literal
 from .errors import AeroConfigError
 
 __all__ = [
-    "CONFLICTING_GUEST_FLAGS",
     "DEFAULT_HTTP_PATH",
     "DEFAULT_HTTP_PORT",
     "DEFAULT_UDP_PORT",
@@ -34,18 +33,6 @@ DEFAULT_HTTP_PATH = "/aero-virtio-selftest"
 
 AudioBackend = Literal["wav", "none"]
 AccelName = Literal["auto", "kvm", "tcg"]
-
-#: Guest flags that cannot be given to one guest together. Two VmConfigs whose union would contain such a
-#: pair are not merged (the planner boots them separately).
-CONFLICTING_GUEST_FLAGS: frozenset[frozenset[str]] = frozenset(
-    {
-        frozenset({"disable-snd", "require-snd"}),
-        frozenset({"disable-snd", "test-snd-capture"}),
-        frozenset({"disable-snd", "test-snd-buffer-limits"}),
-        frozenset({"disable-snd-capture", "test-snd-capture"}),
-    }
-)
-
 
 @dataclass(frozen=True)
 class QemuCommand:
@@ -91,7 +78,8 @@ class VmConfig:
     ``guest_flags`` are the guest's opt-in flags without the leading ``--`` (``test-blk-resize``);
     ``reactions`` are names of host actions to arm (keys of ``actions.ACTIONS``, e.g. ``blk_resize``).
     ``audio`` matters only with ``snd``: ``wav`` records the guest's playback to a file (checked on the
-    host) but breaks capture; ``none`` lets capture work (silence).
+    host) but breaks capture; ``none`` lets capture work (silence). Which needs can share one VM is decided in
+    one place, :func:`pytest_aero_virtio.plan.make_plan`.
     """
 
     tablet: bool = False
@@ -132,31 +120,6 @@ class VmConfig:
         if self.reactions:
             sections.append("react." + ".".join(sorted(self.reactions)))
         return "_".join(sections)
-
-    def merge(self, other: VmConfig) -> VmConfig | None:
-        """One VM that serves both configs, or None when they cannot share a boot.
-
-        Incompatible: different vectors, different transitional mode, both with sound but different audio
-        backends, or guest flags that conflict (:data:`CONFLICTING_GUEST_FLAGS`). Otherwise devices are
-        OR-ed and flags/reactions united; the audio backend comes from whichever side has sound.
-        """
-        if self.vectors != other.vectors or self.transitional != other.transitional:
-            return None
-        if self.snd and other.snd and self.audio != other.audio:
-            return None
-        flags = self.guest_flags | other.guest_flags
-        if any(pair <= flags for pair in CONFLICTING_GUEST_FLAGS):
-            return None
-        audio: AudioBackend = self.audio if self.snd else other.audio if other.snd else self.audio
-        return VmConfig(
-            tablet=self.tablet or other.tablet,
-            snd=self.snd or other.snd,
-            audio=audio,
-            vectors=self.vectors,
-            transitional=self.transitional,
-            guest_flags=flags,
-            reactions=self.reactions | other.reactions,
-        )
 
 
 @dataclass(frozen=True)

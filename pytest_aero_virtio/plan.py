@@ -73,21 +73,13 @@ class _Group:
 class Plan:
     """The VMs of a run and which item runs on which, in run order.
 
-    ``order`` is the item order to run: grouped by VM (so a VM can be stopped after its last test),
-    the groups in order of first appearance, ``at_end`` items last within their group.
+    ``order`` is the item order to run: grouped by VM (so each VM runs once, start to finish), the groups in
+    order of first appearance, ``at_end`` items last within their group.
     """
 
     configs: tuple[VmConfig, ...]
     assignment: dict[str, VmConfig]
     order: tuple[str, ...]
-
-    def last_item_of(self, config: VmConfig) -> str | None:
-        """The id of the last item that uses ``config``: after it, the VM can be stopped."""
-        last = None
-        for item in self.order:
-            if self.assignment[item] == config:
-                last = item
-        return last
 
 
 def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors | None = None) -> Plan:

@@ -106,43 +106,6 @@ def test_vm_ids_differ_when_configs_differ() -> None:
     assert len({str(c) for c in configs}) == len(configs)
 
 
-def test_merge_unions_devices_flags_reactions() -> None:
-    a = VmConfig(tablet=True, guest_flags=frozenset({"test-blk-resize"}), reactions=frozenset({"blk_resize"}))
-    b = VmConfig(snd=True, audio="none", guest_flags=frozenset({"test-input-events"}))
-    m = a.merge(b)
-    assert m == VmConfig(
-        tablet=True,
-        snd=True,
-        audio="none",
-        guest_flags=frozenset({"test-blk-resize", "test-input-events"}),
-        reactions=frozenset({"blk_resize"}),
-    )
-    assert b.merge(a) == m
-
-
-@pytest.mark.parametrize(
-    ("a", "b"),
-    [
-        (VmConfig(vectors=Vectors(blk=0)), VmConfig()),
-        (VmConfig(transitional=True), VmConfig()),
-        (VmConfig(snd=True, audio="wav"), VmConfig(snd=True, audio="none")),
-        (VmConfig(guest_flags=frozenset({"disable-snd"})), VmConfig(guest_flags=frozenset({"require-snd"}))),
-        (
-            VmConfig(guest_flags=frozenset({"disable-snd-capture"})),
-            VmConfig(guest_flags=frozenset({"test-snd-capture"})),
-        ),
-    ],
-)
-def test_merge_refuses_incompatible(a: VmConfig, b: VmConfig) -> None:
-    assert a.merge(b) is None
-    assert b.merge(a) is None
-
-
-def test_merge_with_self_is_identity() -> None:
-    a = VmConfig(snd=True, vectors=Vectors(net=2))
-    assert a.merge(a) == a
-
-
 def test_bad_audio_backend() -> None:
     with pytest.raises(AeroConfigError, match="audio backend"):
         VmConfig(audio="alsa")  # type: ignore[arg-type]
