@@ -78,7 +78,7 @@ def marker_key(entry: dict[str, object]) -> str | None:
 def stream_wake_latency(samples: int = 200) -> list[float]:
     """In-process: a marker fed to the stream -> the waiting thread returns (ms)."""
     sys.path.insert(0, str(ROOT))
-    from pytest_aero_virtio.markers import MarkerStream
+    from pytest_aero_virtio.stream import MarkerStream
 
     out = []
     for i in range(samples):

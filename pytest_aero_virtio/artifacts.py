@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import overload
 
 __all__ = ["ARTIFACT_FILES", "MAX_NAME_LEN", "ArtifactDir", "safe_name", "unique_child"]
 
@@ -65,6 +66,23 @@ def unique_child(root: Path, name: str) -> Path:
         return candidate
 
 
+class _ArtifactFile:
+    """A fixed file of :data:`ARTIFACT_FILES` as a read-only, typed attribute of :class:`ArtifactDir`."""
+
+    def __init__(self, key: str, doc: str) -> None:
+        self.key = key
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, obj: None, owner: type[ArtifactDir]) -> _ArtifactFile: ...
+
+    @overload
+    def __get__(self, obj: ArtifactDir, owner: type[ArtifactDir]) -> Path: ...
+
+    def __get__(self, obj: ArtifactDir | None, owner: type[ArtifactDir]) -> Path | _ArtifactFile:
+        return self if obj is None else obj.dir / ARTIFACT_FILES[self.key]
+
+
 class ArtifactDir:
     """The directory of one VM's artifacts and the fixed paths inside it.
 
@@ -83,40 +101,14 @@ class ArtifactDir:
     def _path(self, key: str) -> Path:
         return self.dir / ARTIFACT_FILES[key]
 
-    @property
-    def serial(self) -> Path:
-        """Raw bytes of the first serial port, exactly as the guest wrote them."""
-        return self._path("serial")
-
-    @property
-    def argv(self) -> Path:
-        """The QEMU command line, shell-quoted so it can be pasted into a terminal."""
-        return self._path("argv")
-
-    @property
-    def stderr(self) -> Path:
-        """QEMU's stdout and stderr, plus the harness's note on how the process ended."""
-        return self._path("stderr")
-
-    @property
-    def qmp(self) -> Path:
-        """Every QMP command, response and event, one JSON line each with a timestamp."""
-        return self._path("qmp")
-
-    @property
-    def host_markers(self) -> Path:
-        """``AERO_VIRTIO_WIN7_HOST|...`` lines recorded by the host (actions, checks)."""
-        return self._path("host_markers")
-
-    @property
-    def http(self) -> Path:
-        """Per-request log of the host HTTP/UDP services."""
-        return self._path("http")
-
-    @property
-    def shutdown(self) -> Path:
-        """One line: how the QEMU process ended (``exited``, ``quit``, ``term``, ``kill``) and its status."""
-        return self._path("shutdown")
+    # One line per file: the table of what every VM directory holds.
+    serial = _ArtifactFile("serial", "Raw bytes of the first serial port, exactly as the guest wrote them.")
+    argv = _ArtifactFile("argv", "The QEMU command line, shell-quoted so it can be pasted into a terminal.")
+    stderr = _ArtifactFile("stderr", "QEMU's stdout and stderr, plus the harness's note on how the process ended.")
+    qmp = _ArtifactFile("qmp", "Every QMP command, response and event, one JSON line each with a timestamp.")
+    host_markers = _ArtifactFile("host_markers", "``AERO_VIRTIO_WIN7_HOST|...`` lines recorded by the host.")
+    http = _ArtifactFile("http", "Per-request log of the host HTTP/UDP services.")
+    shutdown = _ArtifactFile("shutdown", "One line: how QEMU ended (``exited``, ``quit``, ``term``, ``kill``).")
 
     def file(self, filename: str) -> Path:
         """A path for an extra artifact (``audio.wav``, ...); only a plain file name is accepted."""

@@ -34,6 +34,7 @@ DEFAULT_HTTP_PATH = "/aero-virtio-selftest"
 AudioBackend = Literal["wav", "none"]
 AccelName = Literal["auto", "kvm", "tcg"]
 
+
 @dataclass(frozen=True)
 class QemuCommand:
     """A ``qemu-system-x86_64`` binary or a launcher script that ``exec``s one (same command line)."""

@@ -22,6 +22,9 @@ __all__ = [
     "ALL_FIXED_TOKENS",
     "CONFIG_ERROR",
     "IMAGE_UNREADABLE",
+    "MIRROR_FAILED",
+    "MISSING_MARKER",
+    "NO_SERIAL_OUTPUT",
     "PORT_IN_USE",
     "QEMU_EXITED",
     "QEMU_NOT_FOUND",
@@ -35,11 +38,14 @@ __all__ = [
     "TIMEOUT",
     "UDP_PORT_MISMATCH",
     "VIRTIO_SND_FORCE_NULL_BACKEND",
+    "VM_BOOT_FAILED",
     "WAV_CHECK_FAILED",
     "AeroConfigError",
     "AeroError",
     "AeroFailure",
     "failed_token",
+    "host_status_token",
+    "missing_host_token",
     "missing_token",
     "name_token",
     "skipped_token",
@@ -66,6 +72,14 @@ IMAGE_UNREADABLE = "IMAGE_UNREADABLE"
 PORT_IN_USE = "PORT_IN_USE"
 #: The host-side check of the captured WAV failed (exit code 4 of the original harness).
 WAV_CHECK_FAILED = "WAV_CHECK_FAILED"
+#: The guest printed nothing on the first serial port for the silence timeout.
+NO_SERIAL_OUTPUT = "NO_SERIAL_OUTPUT"
+#: A VM could not be started for a reason that is not QEMU's own (an I/O error preparing it, a harness bug).
+VM_BOOT_FAILED = "VM_BOOT_FAILED"
+#: The diagnostic mirror of guest fields failed (a harness bug; never decides a verdict).
+MIRROR_FAILED = "MIRROR_FAILED"
+#: A generic wait (not for a named check) ended with the guest's RESULT line and no match.
+MISSING_MARKER = "MISSING_MARKER"
 
 ALL_FIXED_TOKENS: frozenset[str] = frozenset(
     {
@@ -85,6 +99,10 @@ ALL_FIXED_TOKENS: frozenset[str] = frozenset(
         IMAGE_UNREADABLE,
         PORT_IN_USE,
         WAV_CHECK_FAILED,
+        NO_SERIAL_OUTPUT,
+        VM_BOOT_FAILED,
+        MISSING_MARKER,
+        MIRROR_FAILED,
     }
 )
 
@@ -114,6 +132,17 @@ def failed_token(test_name: str) -> str:
 def skipped_token(test_name: str) -> str:
     """``"virtio-input-events"`` -> ``VIRTIO_INPUT_EVENTS_SKIPPED``."""
     return token_for(test_name, "SKIPPED")
+
+
+def missing_host_token(topic: str) -> str:
+    """``"VIRTIO_BLK_RESIZE"`` -> ``MISSING_HOST_VIRTIO_BLK_RESIZE``: the host never recorded that action."""
+    return f"MISSING_HOST_{name_token(topic)}"
+
+
+def host_status_token(topic: str, status: str) -> str:
+    """``("VIRTIO_NET_LINK_FLAP", "FAIL")`` -> ``VIRTIO_NET_LINK_FLAP_FAIL``: the host recorded another outcome
+    than the one a test requires (the status the host recorded, so CI sees what happened)."""
+    return f"{name_token(topic)}_{name_token(status)}"
 
 
 class AeroError(Exception):

@@ -51,6 +51,31 @@ class _Group:
     flags: set[str] = field(default_factory=set)
     reactions: set[str] = field(default_factory=set)
     items: list[str] = field(default_factory=list)
+    #: What made this VM what it is -> the first check that asked for it (the plan's "why").
+    why: dict[str, str] = field(default_factory=dict)
+
+    def add(self, item_id: str, checks: Sequence[GuestCheck], audio: Audio | None) -> None:
+        def because(what: str, check: GuestCheck) -> None:
+            self.why.setdefault(what, check.name)
+
+        if audio is not None:
+            self.audio = audio
+        for c in checks:
+            if c.snd:
+                self.snd = True
+                because("sound device", c)
+            if c.tablet:
+                self.tablet = True
+                because("tablet", c)
+            for flag in c.guest_flags:
+                self.flags.add(flag)
+                because(f"--{flag}", c)
+            for reaction in c.reactions:
+                self.reactions.add(reaction)
+                because(f"reaction {reaction}", c)
+            if c.audio is not None:
+                because(f"audio {c.audio}", c)
+        self.items.append(item_id)
 
     def accepts(self, vectors: Vectors, transitional: bool, audio: Audio | None) -> bool:
         if vectors != self.vectors or transitional != self.transitional:
@@ -70,6 +95,54 @@ class _Group:
 
 
 @dataclass(frozen=True)
+class PlannedVm:
+    """One VM of the plan: its short id (``vm0``), its configuration, the tests it serves and why it is so.
+
+    ``why`` maps each thing the selection added (``tablet``, ``sound device``, ``--test-blk-resize``,
+    ``reaction blk_resize``, ``audio none``) to the first check that asked for it, so a reader of the plan (or
+    of a fixture's repr) sees the reason for every device, flag and reaction.
+    """
+
+    index: int
+    config: VmConfig
+    tests: tuple[str, ...]
+    why: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def id(self) -> str:
+        return f"vm{self.index}"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def devices(self) -> str:
+        """``blk net input tablet snd(wav)``: what is attached, in one short phrase."""
+        cfg = self.config
+        attached = ["blk", "net", "input"] + (["snd"] if cfg.snd else [])
+        parts = (
+            ["blk", "net", "input"] + (["tablet"] if cfg.tablet else []) + ([f"snd({cfg.audio})"] if cfg.snd else [])
+        )
+        vectors = [f"{dev}={getattr(cfg.vectors, dev)}" for dev in attached if getattr(cfg.vectors, dev) is not None]
+        if vectors:
+            parts.append(f"vectors {','.join(vectors)}")
+        if cfg.transitional:
+            parts.append("transitional")
+        return " ".join(parts)
+
+    def describe(self, verbose: bool = False) -> list[str]:
+        """The plan of this VM as lines a person reads at a glance: devices, guest flags, reactions; with
+        ``verbose`` also why each was added and the tests it serves."""
+        cfg = self.config
+        flags = " ".join(f"--{f}" for f in sorted(cfg.guest_flags)) or "none (base checks only)"
+        reactions = " ".join(sorted(cfg.reactions)) or "none"
+        lines = [f"devices:     {self.devices()}", f"guest flags: {flags}", f"reactions:   {reactions}"]
+        if verbose:
+            lines += [f"why:         {what} <- {check}" for what, check in self.why]
+            lines += [f"test:        {test}" for test in self.tests]
+        return lines
+
+
+@dataclass(frozen=True)
 class Plan:
     """The VMs of a run and which item runs on which, in run order.
 
@@ -77,9 +150,24 @@ class Plan:
     order of first appearance, ``at_end`` items last within their group.
     """
 
-    configs: tuple[VmConfig, ...]
-    assignment: dict[str, VmConfig]
+    vms: tuple[PlannedVm, ...]
     order: tuple[str, ...]
+
+    @property
+    def configs(self) -> tuple[VmConfig, ...]:
+        return tuple(vm.config for vm in self.vms)
+
+    @property
+    def assignment(self) -> dict[str, VmConfig]:
+        """Item id -> the configuration of the VM it runs on."""
+        return {test: vm.config for vm in self.vms for test in vm.tests}
+
+    def vm_of(self, item_id: str) -> PlannedVm:
+        """The planned VM of an item (KeyError for items without a VM)."""
+        for vm in self.vms:
+            if item_id in vm.tests:
+                return vm
+        raise KeyError(item_id)
 
 
 def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors | None = None) -> Plan:
@@ -94,38 +182,20 @@ def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors |
     at_end: set[str] = set()
     for item_id, needs in items:
         checks = [lookup(n) for n in needs.checks]
-        audio = needs.audio
-        for c in checks:
-            if audio is None and c.audio is not None:
-                audio = c.audio
-        snd = any(c.snd for c in checks)
+        audio = needs.audio or next((c.audio for c in checks if c.audio is not None), None)
         vectors = needs.vectors if needs.vectors is not None else base_vectors
         group = next((g for g in groups if g.accepts(vectors, needs.transitional, audio)), None)
         if group is None:
             group = _Group(vectors=vectors, transitional=needs.transitional)
             groups.append(group)
-        if audio is not None:
-            group.audio = audio
-        group.snd |= snd
-        group.tablet |= any(c.tablet for c in checks)
-        for c in checks:
-            group.flags.update(c.guest_flags)
-            group.reactions.update(c.reactions)
-        group.items.append(item_id)
+        group.add(item_id, checks, audio)
         if needs.at_end:
             at_end.add(item_id)
-
-    assignment: dict[str, VmConfig] = {}
-    order: list[str] = []
-    configs: list[VmConfig] = []
-    for g in groups:
-        cfg = g.config()
-        configs.append(cfg)
+    vms: list[PlannedVm] = []
+    for index, g in enumerate(groups):
         ordered = [i for i in g.items if i not in at_end] + [i for i in g.items if i in at_end]
-        for item_id in ordered:
-            assignment[item_id] = cfg
-            order.append(item_id)
-    return Plan(configs=tuple(configs), assignment=assignment, order=tuple(order))
+        vms.append(PlannedVm(index, g.config(), tuple(ordered), tuple(sorted(g.why.items()))))
+    return Plan(vms=tuple(vms), order=tuple(test for vm in vms for test in vm.tests))
 
 
 def guest_args(

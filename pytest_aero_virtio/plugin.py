@@ -1,7 +1,9 @@
-"""pytest hooks only: the option group, the markers, the fixtures and the report hooks.
+"""pytest hooks only: the options, the markers, the fixtures and the report hooks.
 
-Everything with logic lives elsewhere (options: validation; plan: which VMs; pool: their lifecycle;
-testing: the assertions); this module wires them into pytest.
+Everything with logic lives elsewhere (options/settings: validation; plan: which VMs; run/pool/vm: their
+lifecycle; testing: the assertions; report: what the terminal shows); this module wires them into pytest.
+Read top to bottom it is the run: options -> markers -> collection (plan, order, xdist groups) -> fixtures
+(boot on first use) -> teardown (stop a VM its next test does not use) -> header and summary.
 """
 
 from __future__ import annotations
@@ -16,23 +18,32 @@ from typing import Any
 import pytest
 
 from . import options as opts
-from .checks import lookup
-from .config import Vectors, VmConfig
+from ._pytest_internals import set_node_id, terminal_fd
+from .checks import CATALOG, Device, lookup
+from .config import Vectors
 from .errors import AeroError
-from .plan import ItemNeeds, Plan, make_plan
-from .pool import PlanContext, VmPool, settings_from_config
-from .qemu.machine import kill_all
+from .plan import ItemNeeds, PlannedVm, make_plan
+from .pool import VmPool
+from .qemu.process import kill_all
+from .report.dryrun import dry_run_lines
+from .report.terminal import follower, header_lines, summary_lines
+from .run import AeroRun
+from .settings import settings_from_config
 from .testing import AeroDevice, AeroVm
 
-_PLAN_KEY = pytest.StashKey[PlanContext]()
-_VM_KEY = pytest.StashKey[VmConfig]()
-_SKIPPED_SND = "QEMU {qemu} ({version}) has no virtio-sound-pci (needs QEMU >= 8.2): sound tests skipped"
+_RUN_KEY = pytest.StashKey[AeroRun]()
+_VM_KEY = pytest.StashKey[PlannedVm]()
+#: xdist's loadgroup scheduler groups tests whose node ids end in the same ``@<group>``.
+_GROUP_SUFFIX = "@aero-vm"
 
 MARKERS = (
-    "aero_check(*names, audio=None, at_end=False): the guest checks this test asserts; the plan attaches the "
-    "devices, passes the guest's opt-in flags and arms the host reactions they need",
+    "aero_check(*names, audio=None, at_end=False, catalogued=True): the guest checks this test asserts; the plan "
+    "attaches the devices, passes the guest's opt-in flags and arms the host reactions they need "
+    "(catalogued=False accepts check names the plugin's catalog does not know yet)",
     "aero_vm(vectors=None, transitional=False): run this test on a VM variant (vectors=0 forces INTx; a "
     "Vectors(...) sets them per device); tests with different variants get different VMs",
+    "aero_opt_in: set by the plugin on every test whose check needs a guest opt-in flag; "
+    "-m 'not aero_opt_in' selects the old harness's default (base) set",
     "virtio_blk: a virtio-blk test",
     "virtio_net: a virtio-net test",
     "virtio_input: a virtio-input test",
@@ -40,35 +51,18 @@ MARKERS = (
 )
 
 
+# --------------------------------------------------------------------------------------------------------
+# options and configuration
+# --------------------------------------------------------------------------------------------------------
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup(opts.GROUP, opts.GROUP_DESCRIPTION)
-    for opt in opts.OPTIONS:
-        dest = opt.flag.lstrip("-").replace("-", "_")
-        default_text = "" if opt.default is None else f" (default: {opt.default})"
-        if opt.kind == "bool":
-            group.addoption(opt.flag, action="store_true", dest=dest, default=None, help=opt.help)
-            parser.addini(opt.ini, opt.help, type="bool", default=False)
-        elif opt.kind == "args":
-            group.addoption(
-                opt.flag, action="append", dest=dest, default=None, metavar=opt.metavar, help=opt.help
-            )
-            parser.addini(opt.ini, opt.help, type="args", default=[])
-        else:
-            group.addoption(
-                opt.flag,
-                action="store",
-                dest=dest,
-                default=None,
-                metavar=opt.metavar,
-                choices=opt.choices,
-                help=opt.help + default_text,
-            )
-            parser.addini(opt.ini, opt.help + default_text, type="string", default="")
+    opts.register(parser)
 
 
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """Under ``-n`` with xdist's default distribution, switch to ``loadgroup`` so the tests of one VM run on
-    one worker (see the node id suffix in pytest_collection_modifyitems). An explicit ``--dist`` is kept.
+    one worker (see the node id suffix in :func:`pytest_collection_finish`). An explicit ``--dist`` is kept.
 
     A plain hook on purpose: xdist's (tryfirst) has turned ``-n`` into ``dist=load`` already, and pytest's
     own implementation (plain, firstresult) ends the chain, so a trylast hook would never run."""
@@ -102,7 +96,7 @@ def _kill_qemu_on_sigterm() -> None:
     """A SIGTERM to pytest (a CI runner cancelling the job) kills every QEMU at once, then does what it did.
 
     SIGINT needs nothing: it raises KeyboardInterrupt and the fixtures' teardown stops the VMs. SIGKILL
-    cannot be caught: there PR_SET_PDEATHSIG in the QEMU child does the work (see qemu/machine.py).
+    cannot be caught: there PR_SET_PDEATHSIG in the QEMU child does the work (see qemu/process.py).
     """
     if threading.current_thread() is not threading.main_thread():
         return
@@ -117,6 +111,11 @@ def _kill_qemu_on_sigterm() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+# --------------------------------------------------------------------------------------------------------
+# collection: what each test needs, the plan, the order
+# --------------------------------------------------------------------------------------------------------
 
 
 def _needs(item: pytest.Item) -> ItemNeeds | None:
@@ -135,9 +134,15 @@ def _needs(item: pytest.Item) -> ItemNeeds | None:
         raise bad(f"aero_check takes check names as strings, got {names!r}")
     kw: dict[str, Any] = dict(check.kwargs) if check is not None else {}
     vkw: dict[str, Any] = dict(variant.kwargs) if variant is not None else {}
-    unknown = (set(kw) - {"audio", "at_end"}) | (set(vkw) - {"vectors", "transitional"})
+    unknown = (set(kw) - {"audio", "at_end", "catalogued"}) | (set(vkw) - {"vectors", "transitional"})
     if unknown:
         raise bad(f"unknown aero_check/aero_vm argument(s): {', '.join(sorted(unknown))}")
+    strangers = [n for n in names if n not in CATALOG]
+    if strangers and kw.get("catalogued", True):
+        raise bad(
+            f"aero_check names {', '.join(map(repr, strangers))}, not in the plugin's catalog of checks; if the "
+            "guest really prints it (a newer selftest), say so: @pytest.mark.aero_check(..., catalogued=False)"
+        )
     if kw.get("audio") not in (None, "wav", "none"):
         raise bad(f"aero_check(audio=...) must be 'wav' or 'none', got {kw['audio']!r}")
     vectors = vkw.get("vectors")
@@ -158,6 +163,16 @@ def _needs(item: pytest.Item) -> ItemNeeds | None:
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark opt-in tests ``aero_opt_in`` before ``-m`` deselects (tryfirst), so ``-m "not aero_opt_in"``
+    selects the old harness's default set without anyone maintaining the marker by hand."""
+    for item in items:
+        check = item.get_closest_marker("aero_check")
+        if check is not None and any(lookup(n).opt_in for n in check.args if isinstance(n, str)):
+            item.add_marker(pytest.mark.aero_opt_in)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Plan the VMs from the final selection and order the items by VM.
 
@@ -166,68 +181,59 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     before xdist's worker reports its collection (with our group suffixes) and before the terminal prints it.
     """
     config = session.config
-    items = session.items
-    wanted = [(item, _needs(item)) for item in items]
-    vm_items = [(item, needs) for item, needs in wanted if needs is not None]
+    vm_items = [(item, needs) for item in session.items if (needs := _needs(item)) is not None]
     if not vm_items:
         return
     try:
-        settings = settings_from_config(config)
-        ctx = PlanContext(settings=settings)
+        run = AeroRun(settings_from_config(config))
         planned: list[tuple[str, ItemNeeds]] = []
         for item, needs in vm_items:
-            if any(lookup(n).snd for n in needs.checks) and not ctx.has_sound():
-                item.add_marker(pytest.mark.skip(reason=ctx.no_sound_reason()))
+            if any(lookup(n).snd for n in needs.checks) and not run.has_sound():
+                item.add_marker(pytest.mark.skip(reason=run.no_sound_reason()))
                 continue
             planned.append((item.nodeid, needs))
-        plan: Plan = make_plan(planned, default_vectors=settings.vectors)
+        run.plan = make_plan(planned, default_vectors=run.settings.vectors)
+        if run.settings.follow_serial:
+            run.follow = follower(terminal_fd(config))
     except AeroError as exc:
         raise pytest.UsageError(str(exc)) from None
-    ctx.plan = plan
-    config.stash[_PLAN_KEY] = ctx
+    config.stash[_RUN_KEY] = run
+    _order_and_group(session, run)
+    if run.settings.options.dry_run:
+        try:
+            run.dry_run_lines = dry_run_lines(run)
+        except AeroError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        session.items[:] = []
 
-    rank = {nodeid: i for i, nodeid in enumerate(plan.order)}
-    others = [item for item in items if item.nodeid not in rank]
-    vm_sorted = sorted((item for item in items if item.nodeid in rank), key=lambda it: rank[it.nodeid])
-    items[:] = vm_sorted + others
-    vm_index = {cfg: i for i, cfg in enumerate(plan.configs)}
+
+def _order_and_group(session: pytest.Session, run: AeroRun) -> None:
+    """Items of one VM run back to back (each VM boots once); under ``--dist loadgroup`` they share a group."""
+    assert run.plan is not None
+    config = session.config
+    rank = {nodeid: i for i, nodeid in enumerate(run.plan.order)}
+    vm_sorted = sorted((item for item in session.items if item.nodeid in rank), key=lambda it: rank[it.nodeid])
+    session.items[:] = vm_sorted + [item for item in session.items if item.nodeid not in rank]
     workerinput = getattr(config, "workerinput", {})
     loadgroup = bool(getattr(config.option, "loadgroup", False) or workerinput.get("aero_loadgroup"))
     for item in vm_sorted:
-        vm_config = plan.assignment[item.nodeid]
-        item.stash[_VM_KEY] = vm_config
-        if loadgroup and "@aero-vm" not in item.nodeid:
-            _set_group(item, f"aero-vm{vm_index[vm_config]}")
-
-    if settings.options.dry_run:
-        try:
-            ctx.dry_run_lines = ctx.pool().describe(plan)
-        except AeroError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        config.hook.pytest_deselected(items=list(items))
-        items[:] = []
+        planned = run.plan.vm_of(item.nodeid)
+        item.stash[_VM_KEY] = planned
+        if loadgroup and _GROUP_SUFFIX not in item.nodeid:
+            set_node_id(item, f"{item.nodeid}{_GROUP_SUFFIX}{planned.index}")
 
 
-def _set_group(item: pytest.Item, group: str) -> None:
-    """Suffix the node id with ``@group``: pytest-xdist's ``--dist loadgroup`` sends every test whose node id
-    ends in the same ``@group`` to one worker, so the tests of one VM share one boot instead of every worker
-    booting the same VM. xdist does the same for ``xdist_group`` markers (``item._nodeid``); pytest 9 keeps
-    the id in ``item._id`` (a NodeId), where xdist 3.8's assignment no longer lands, so both are handled."""
-    new_id = f"{item.nodeid}@{group}"
-    if hasattr(item, "_id"):
-        from _pytest.nodeid import coerce_node_id  # type: ignore[import-not-found, unused-ignore]
-
-        item._id = coerce_node_id(new_id)  # type: ignore[attr-defined, unused-ignore]
-    else:  # pragma: no cover - pytest < 9
-        item._nodeid = new_id  # type: ignore[attr-defined]
+# --------------------------------------------------------------------------------------------------------
+# running: reports, teardown
+# --------------------------------------------------------------------------------------------------------
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """In the xdist controller, drop the ``@aero-vmN`` scheduling suffix before the terminal and JUnit see the
     report: test names stay the same with and without ``-n`` (CI histories key on them)."""
-    if "@aero-vm" in report.nodeid and "PYTEST_XDIST_WORKER" not in os.environ:
-        report.nodeid = report.nodeid.split("@aero-vm", 1)[0]
+    if _GROUP_SUFFIX in report.nodeid and "PYTEST_XDIST_WORKER" not in os.environ:
+        report.nodeid = report.nodeid.split(_GROUP_SUFFIX, 1)[0]
 
 
 @pytest.hookimpl(wrapper=True)
@@ -240,34 +246,40 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     try:
         yield
     finally:
-        ctx = item.config.stash.get(_PLAN_KEY, None)
-        vm_config = item.stash.get(_VM_KEY, None)
-        pool = ctx.started_pool if ctx is not None else None
-        if pool is not None and vm_config is not None:
+        run = item.config.stash.get(_RUN_KEY, None)
+        planned = item.stash.get(_VM_KEY, None)
+        pool = run.started_pool if run is not None else None
+        if pool is not None and planned is not None:
             following = nextitem.stash.get(_VM_KEY, None) if nextitem is not None else None
-            if following != vm_config:
-                pool.release(vm_config)
+            if following != planned:
+                pool.release(planned)
 
 
 def pytest_report_collectionfinish(
     config: pytest.Config, start_path: Any, items: list[pytest.Item]
 ) -> list[str] | None:
-    ctx = config.stash.get(_PLAN_KEY, None)
-    if ctx is None:
+    run = config.stash.get(_RUN_KEY, None)
+    if run is None:
         return None
-    return ctx.header_lines()
+    try:
+        return header_lines(run, verbose=config.get_verbosity() > 0)
+    except AeroError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    ctx = config.stash.get(_PLAN_KEY, None)
-    if ctx is None:
+    run = config.stash.get(_RUN_KEY, None)
+    if run is None:
         return
-    if ctx.dry_run_lines:
+    if run.dry_run_lines:
         terminalreporter.section("aero-virtio dry run: planned QEMU command lines")
-        for line in ctx.dry_run_lines:
+        for line in run.dry_run_lines:
             terminalreporter.write_line(line)
-    if ctx.started_pool is not None:
-        lines = ctx.started_pool.summary_lines()
+        assert run.plan is not None
+        # The summary line counts what would run ("7 planned"), not "deselected".
+        terminalreporter.stats.setdefault("planned", []).extend(run.plan.order)
+    if run.started_pool is not None:
+        lines = summary_lines(run.started_pool)
         if lines:
             terminalreporter.section("aero-virtio VMs")
             for line in lines:
@@ -275,22 +287,27 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    ctx = session.config.stash.get(_PLAN_KEY, None)
-    if ctx is None:
+    run = session.config.stash.get(_RUN_KEY, None)
+    if run is None:
         return
-    if ctx.started_pool is not None:
-        ctx.started_pool.close_all()
-    if ctx.settings.options.dry_run and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+    if run.started_pool is not None:
+        run.started_pool.close_all()
+    if run.settings.options.dry_run and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
+
+
+# --------------------------------------------------------------------------------------------------------
+# fixtures: they read like the plan
+# --------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def aero_pool(request: pytest.FixtureRequest) -> Iterator[VmPool]:
-    """The session's VMs, booted lazily one per planned configuration and stopped after their last test."""
-    ctx = request.config.stash.get(_PLAN_KEY, None)
-    if ctx is None:
+    """The session's VMs, booted lazily one per planned VM and stopped right after their last test."""
+    run = request.config.stash.get(_RUN_KEY, None)
+    if run is None:
         raise pytest.UsageError("aero_pool is only available to tests marked with aero_check or aero_vm")
-    pool = ctx.pool()
+    pool = run.pool()
     try:
         yield pool
     finally:
@@ -298,12 +315,13 @@ def aero_pool(request: pytest.FixtureRequest) -> Iterator[VmPool]:
 
 
 @pytest.fixture
-def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroVm]:
-    """The VM planned for this test: booted on first use with its host services and reactions armed."""
+def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> AeroVm:
+    """The VM the plan gave this test (``aero_vm.planned``: its id, devices, guest flags, reactions and why;
+    ``aero_vm.plan``: the whole plan), booted on first use with its host services and reactions armed."""
     node = request.node
     assert isinstance(node, pytest.Item)
-    vm_config = node.stash.get(_VM_KEY, None)
-    if vm_config is None:
+    planned = node.stash.get(_VM_KEY, None)
+    if planned is None:
         pytest.fail(
             f"{node.nodeid} uses a VM fixture but has no VM planned: mark it with "
             "@pytest.mark.aero_check(...) (or aero_vm(...)) so the plan knows what it needs",
@@ -311,34 +329,27 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> Iterator[AeroV
         )
     boot_error: AeroError | None = None
     try:
-        handle = aero_pool.get(vm_config)
+        handle = aero_pool.get(planned)
     except AeroError as exc:
         boot_error = exc
     if boot_error is not None:
         # Outside the except block: the report shows the token and the cause, not a chained traceback.
         pytest.fail(str(boot_error), pytrace=False)
-    yield AeroVm(handle, node)
+    return AeroVm(handle, node, request.config.stash[_RUN_KEY].plan)
 
 
-@pytest.fixture
-def virtio_blk(aero_vm: AeroVm) -> AeroDevice:
-    """The VM seen through its virtio-blk disk."""
-    return AeroDevice(aero_vm, "blk")
+def _device_fixture(device: Device, what: str) -> Any:
+    """``virtio_<device>``: the test's VM seen through one device group (it asserts that device's checks only;
+    its repr names the VM and how the plan configured it)."""
+
+    def fixture(aero_vm: AeroVm) -> AeroDevice:
+        return AeroDevice(aero_vm, device)
+
+    fixture.__doc__ = f"The test's VM seen through {what}."
+    return pytest.fixture(name=f"virtio_{device}")(fixture)
 
 
-@pytest.fixture
-def virtio_net(aero_vm: AeroVm) -> AeroDevice:
-    """The VM seen through its virtio-net NIC (with the host's HTTP and UDP echo services)."""
-    return AeroDevice(aero_vm, "net")
-
-
-@pytest.fixture
-def virtio_input(aero_vm: AeroVm) -> AeroDevice:
-    """The VM seen through its virtio keyboard, mouse (and tablet when a selected test needs one)."""
-    return AeroDevice(aero_vm, "input")
-
-
-@pytest.fixture
-def virtio_snd(aero_vm: AeroVm) -> AeroDevice:
-    """The VM seen through its virtio sound device (attached only when a selected test needs it)."""
-    return AeroDevice(aero_vm, "snd")
+virtio_blk = _device_fixture("blk", "its virtio-blk disk")
+virtio_net = _device_fixture("net", "its virtio-net NIC and the host's HTTP and UDP echo services")
+virtio_input = _device_fixture("input", "its virtio keyboard, mouse (and tablet when a selected test needs one)")
+virtio_snd = _device_fixture("snd", "its virtio sound device (attached only when a selected test needs it)")

@@ -36,8 +36,8 @@ __all__ = [
     "Expect",
     "describe",
     "exit_code",
+    "raise_first",
     "require",
-    "require_result",
     "result_problems",
     "verdict",
 ]
@@ -160,18 +160,10 @@ def result_problems(
     return problems
 
 
-def require_result(
-    result: Marker | None,
-    final: Callable[[str], Marker | None],
-    required: Iterable[CheckLike],
-    seen: Iterable[Marker] = (),
-) -> Marker:
-    """Raise the first of :func:`result_problems` (its message lists the others too); return RESULT."""
-    problems = result_problems(result, final, required, seen)
+def raise_first(problems: Sequence[AeroFailure]) -> None:
+    """Raise the first of ``problems`` (:func:`result_problems`), its message listing the others too."""
     if problems:
         raise _combine(problems)
-    assert result is not None
-    return result
 
 
 def _combine(problems: Sequence[AeroFailure]) -> AeroFailure:

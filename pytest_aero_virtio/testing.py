@@ -15,14 +15,25 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from . import requirements
+from .actions import topics
 from .audio import WavFigures, analyse_wav, check_tone
-from .checks import lookup
-from .errors import QEMU_PCI_PREFLIGHT_FAILED, WAV_CHECK_FAILED, AeroError, AeroFailure, name_token
+from .checks import Device, lookup
+from .errors import (
+    QEMU_PCI_PREFLIGHT_FAILED,
+    WAV_CHECK_FAILED,
+    AeroConfigError,
+    AeroError,
+    AeroFailure,
+    host_status_token,
+    missing_host_token,
+    name_token,
+)
 from .markers import HostMarker, Marker
 
 if TYPE_CHECKING:
     from .config import RunOptions, VmConfig
-    from .pool import VmHandle
+    from .plan import Plan, PlannedVm
+    from .vm import VmHandle
 
 #: Modern-only virtio-pci device IDs by device group, keyed by our QEMU device ids (PROTOCOL.md section 5).
 MODERN_IDS: dict[str, dict[str, int]] = {
@@ -56,47 +67,79 @@ def _verdict(vm: AeroVm) -> Iterator[None]:
         pytest.fail(str(exc), pytrace=False)
 
 
-class AeroVm:
-    """One VM as one test sees it: waits, assertions and QMP, with JUnit properties recorded on the test."""
+def test_checks(node: pytest.Item) -> tuple[str, ...]:
+    """The check names a test declared with ``@pytest.mark.aero_check(...)`` (closest marker)."""
+    marker = node.get_closest_marker("aero_check")
+    return tuple(marker.args) if marker is not None else ()
 
-    def __init__(self, handle: VmHandle, node: pytest.Item) -> None:
+
+class AeroVm:
+    """One VM as one test sees it: waits, assertions and QMP, with JUnit properties recorded on the test.
+
+    ``planned`` is this VM's entry in the run's plan (its id, devices, guest flags, reactions and why), and
+    ``plan`` the whole plan, so a test (or a reader in a debugger) can see which VM it got and why.
+    """
+
+    def __init__(self, handle: VmHandle, node: pytest.Item, plan: Plan | None = None) -> None:
         self.handle = handle
+        self.plan = plan
         self._node = node
-        self._record("aero_vm", str(handle.config))
+        self.checks = test_checks(node)
+        #: What the VM is: its configuration, the run's options, and the host ports the guest was told.
+        self.config: VmConfig = handle.config
+        self.options: RunOptions = handle.options
+        self.http_port: int = handle.http_port
+        self.udp_port: int = handle.udp_port
+        self._record("aero_vm", f"{handle.planned.id}: {handle.planned.devices()}")
         self._record("serial_log", str(handle.artifacts.serial))
 
-    # -- what the VM is ---------------------------------------------------------------------------------
     @property
-    def config(self) -> VmConfig:
-        return self.handle.config
+    def planned(self) -> PlannedVm:
+        return self.handle.planned
 
-    @property
-    def options(self) -> RunOptions:
-        return self.handle.options
+    def __repr__(self) -> str:
+        return f"<AeroVm {self.planned.id}: {'; '.join(self.planned.describe()[:3])}>"
 
-    @property
-    def http_port(self) -> int:
-        return self.handle.http_port
-
-    @property
-    def udp_port(self) -> int:
-        return self.handle.udp_port
+    def check_name(self, name: str | None, device: str | None = None) -> str:
+        """The check a call asserts: the test's own single ``aero_check`` by default, else ``name``, which must
+        be one the test declared (and, through a device fixture, one of that device). Mistakes are usage
+        errors at once, not a failure after the guest's RESULT."""
+        where = self._node.nodeid
+        if name is None:
+            if len(self.checks) != 1:
+                raise AeroConfigError(
+                    f"{where}: name the check to assert: the test declares {len(self.checks)} checks "
+                    f"({', '.join(self.checks) or 'none'})",
+                    fix="call expect_pass('<check>') with one of them, or mark the test with exactly one",
+                )
+            name = self.checks[0]
+        elif name not in self.checks:
+            raise AeroConfigError(
+                f"{where} asserts {name!r}, which its aero_check does not name ({', '.join(self.checks) or 'none'})",
+                fix=f"add it: @pytest.mark.aero_check({name!r}, ...): the plan provisions only what a test names",
+            )
+        if device is not None and lookup(name).device != device:
+            raise AeroConfigError(
+                f"{where}: the virtio_{device} fixture cannot assert {name!r}, a {lookup(name).device} check",
+                fix=f"use the virtio_{lookup(name).device} fixture (or aero_vm) for it",
+            )
+        return name
 
     # -- assertions -------------------------------------------------------------------------------------
-    def expect_pass(self, name: str) -> Marker:
-        """Wait for the final status of ``name`` and require PASS (SKIP, FAIL and absence fail with tokens)."""
-        with _verdict(self):
-            marker = self.handle.wait_final(name)
-            requirements.require(lookup(name), marker, expect="pass")
-            self._record_marker(marker)
-            return marker
-        raise AssertionError("unreachable")  # pragma: no cover
+    def expect_pass(self, name: str | None = None) -> Marker:
+        """Wait for the final status of the test's check (or ``name``) and require PASS; SKIP, FAIL and
+        absence fail with their tokens."""
+        return self._expect(name, "pass")
 
-    def expect_info(self, name: str) -> Marker:
+    def expect_info(self, name: str | None = None) -> Marker:
         """Wait for an informational check; SKIP and FAIL fail, INFO and PASS are accepted."""
+        return self._expect(name, "info")
+
+    def _expect(self, name: str | None, expect: requirements.Expect, device: str | None = None) -> Marker:
         with _verdict(self):
-            marker = self.handle.wait_final(name)
-            requirements.require(lookup(name), marker, expect="info")
+            check = self.check_name(name, device)
+            marker = self.handle.wait_final(check)
+            requirements.require(lookup(check), marker, expect=expect)
             self._record_marker(marker)
             return marker
         raise AssertionError("unreachable")  # pragma: no cover
@@ -105,7 +148,8 @@ class AeroVm:
         """``RESULT|PASS`` plus the per-test markers that must accompany it (base checks + this VM's opt-ins)."""
         with _verdict(self):
             result = self.handle.wait_result()
-            requirements.require_result(result, self.handle.stream.final, self.handle.required_checks())
+            stream = self.handle.stream
+            requirements.raise_first(requirements.result_problems(result, stream.final, self.handle.required_checks()))
             self._record("result", result.raw)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
@@ -126,22 +170,23 @@ class AeroVm:
             if any(h.status == status for h in found) or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
-        if not found:
-            pytest.fail(
-                f"FAIL: MISSING_HOST_{topic}: the host never recorded {topic}; "
-                f"see {self.handle.artifacts.host_markers}",
-                pytrace=False,
-            )
-        matching = [h for h in found if h.status == status]
-        chosen = matching[-1] if matching else found[-1]
-        self._record(f"host.{topic}.{chosen.status}", chosen.line())
-        if not matching:
-            seen = ", ".join(h.line() for h in found)
-            pytest.fail(
-                f"FAIL: {topic}_{chosen.status}: the host never recorded {status}; it recorded: {seen}",
-                pytrace=False,
-            )
-        return chosen
+        with _verdict(self):
+            if not found:
+                raise AeroFailure(
+                    missing_host_token(topic),
+                    f"the host never recorded {topic}; see {self.handle.artifacts.host_markers}",
+                )
+            matching = [h for h in found if h.status == status]
+            chosen = matching[-1] if matching else found[-1]
+            self._record(f"host.{topic}.{chosen.status}", chosen.line())
+            if not matching:
+                seen = ", ".join(h.line() for h in found)
+                raise AeroFailure(
+                    host_status_token(topic, chosen.status),
+                    f"the host never recorded {status}; it recorded: {seen}",
+                )
+            return chosen
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def host_markers(self, topic: str | None = None) -> list[HostMarker]:
         return [h for h in self.handle.host_markers() if topic is None or h.topic == topic]
@@ -181,7 +226,7 @@ class AeroVm:
             status = "FAIL" if problems else "PASS"
             devices = ",".join(f"{d:04x}" for d in expected.values())
             self.handle.record_host(
-                HostMarker("QEMU_PCI_PREFLIGHT", status, {"mode": mode, "vendor": "1af4", "devices": devices})
+                HostMarker(topics.PCI_PREFLIGHT, status, {"mode": mode, "vendor": "1af4", "devices": devices})
             )
             if problems:
                 raise AeroFailure(QEMU_PCI_PREFLIGHT_FAILED, "; ".join(problems))
@@ -218,23 +263,30 @@ class AeroVm:
 
 
 class AeroDevice:
-    """A VM seen through one device group (``virtio_blk``, ``virtio_net``, ...): the device fixtures."""
+    """A VM seen through one device group: the ``virtio_blk``/``virtio_net``/``virtio_input``/``virtio_snd``
+    fixtures. It asserts only checks of its device (``virtio_blk.expect_pass("virtio-net")`` is a usage
+    error), and its repr names the VM it runs on and why that VM is configured so."""
 
-    def __init__(self, vm: AeroVm, device: str) -> None:
+    def __init__(self, vm: AeroVm, device: Device) -> None:
+        if device not in ("blk", "net", "input", "snd"):
+            raise AeroConfigError(f"unknown device group {device!r}", fix="use blk, net, input or snd")
         self.vm = vm
         self.device = device
 
-    def expect_pass(self, name: str) -> Marker:
-        return self.vm.expect_pass(name)
+    def expect_pass(self, name: str | None = None) -> Marker:
+        """Like :meth:`AeroVm.expect_pass`, for a check of this device."""
+        return self.vm._expect(name, "pass", self.device)
 
-    def expect_info(self, name: str) -> Marker:
-        return self.vm.expect_info(name)
+    def expect_info(self, name: str | None = None) -> Marker:
+        """Like :meth:`AeroVm.expect_info`, for a check of this device."""
+        return self.vm._expect(name, "info", self.device)
 
     def pci_preflight(self, expected: Mapping[str, int], mode: str = "modern") -> None:
         self.vm.pci_preflight(expected, mode)
 
     def __repr__(self) -> str:
-        return f"AeroDevice({self.device}, {self.vm.config})"
+        planned = self.vm.planned
+        return f"<virtio_{self.device} on {planned.id}: {planned.devices()}; {'; '.join(planned.describe()[1:3])}>"
 
 
 __all__ = [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_aero_virtio.actions import topics
 from pytest_aero_virtio.testing import MODERN_IDS, AeroDevice, expected_irq_mode
 
 pytestmark = pytest.mark.virtio_blk
@@ -21,7 +22,7 @@ def test_blk_pci_preflight(virtio_blk: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-blk")
 def test_virtio_blk(virtio_blk: AeroDevice) -> None:
-    m = virtio_blk.expect_pass("virtio-blk")
+    m = virtio_blk.expect_pass()
     if "write_bytes" in m.fields:
         assert int(m["write_bytes"]) > 0, m.raw
     for key in ("write_mbps", "read_mbps"):
@@ -32,7 +33,7 @@ def test_virtio_blk(virtio_blk: AeroDevice) -> None:
 @pytest.mark.aero_check("virtio-blk-msix")
 def test_virtio_blk_msix(virtio_blk: AeroDevice) -> None:
     """The guest reports the interrupt mode the VM was configured for (MSI-X unless vectors=0)."""
-    m = virtio_blk.expect_pass("virtio-blk-msix")
+    m = virtio_blk.expect_pass()
     assert m.get("mode") == expected_irq_mode(virtio_blk.vm.config.vectors.blk), m.raw
 
 
@@ -40,24 +41,24 @@ def test_virtio_blk_msix(virtio_blk: AeroDevice) -> None:
 @pytest.mark.aero_check("virtio-blk")
 def test_virtio_blk_intx(virtio_blk: AeroDevice) -> None:
     """With ``vectors=0`` QEMU offers no MSI-X table: the driver must work on INTx."""
-    m = virtio_blk.expect_pass("virtio-blk")
+    m = virtio_blk.expect_pass()
     assert m.get("irq_mode") == "intx", m.raw
 
 
 @pytest.mark.aero_check("virtio-blk-counters")
 def test_virtio_blk_counters(virtio_blk: AeroDevice) -> None:
-    virtio_blk.expect_info("virtio-blk-counters")
+    virtio_blk.expect_info()
 
 
 @pytest.mark.aero_check("virtio-blk-resize")
 def test_virtio_blk_resize(virtio_blk: AeroDevice) -> None:
     """The guest sees the capacity grow by exactly what the host's QMP resize asked for."""
-    m = virtio_blk.expect_pass("virtio-blk-resize")
-    request = virtio_blk.vm.expect_host("VIRTIO_BLK_RESIZE", "REQUEST")
+    m = virtio_blk.expect_pass()
+    request = virtio_blk.vm.expect_host(topics.BLK_RESIZE, "REQUEST")
     assert int(m["new_bytes"]) == int(request["new_bytes"]), (m.raw, request.line())
     assert int(m["new_bytes"]) > int(m["old_bytes"]), m.raw
 
 
 @pytest.mark.aero_check("virtio-blk-reset")
 def test_virtio_blk_reset(virtio_blk: AeroDevice) -> None:
-    virtio_blk.expect_pass("virtio-blk-reset")
+    virtio_blk.expect_pass()

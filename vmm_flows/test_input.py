@@ -16,7 +16,7 @@ def test_input_pci_preflight(virtio_input: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-input-bind")
 def test_virtio_input_bind(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass("virtio-input-bind")
+    m = virtio_input.expect_pass()
     if "devices" in m.fields:
         # keyboard + mouse always, + tablet when this VM has one
         assert int(m["devices"]) >= 2 + int(virtio_input.vm.config.tablet), m.raw
@@ -24,34 +24,34 @@ def test_virtio_input_bind(virtio_input: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-input-binding")
 def test_virtio_input_binding(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass("virtio-input-binding")
+    m = virtio_input.expect_pass()
     assert m.get("service"), f"the guest must name the bound driver service: {m.raw}"
 
 
 @pytest.mark.aero_check("virtio-input")
 def test_virtio_input(virtio_input: AeroDevice) -> None:
     """A keyboard-only and a mouse-only device, not one combined device."""
-    virtio_input.expect_pass("virtio-input")
+    virtio_input.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-input-tablet")
 def test_virtio_input_tablet(virtio_input: AeroDevice) -> None:
-    virtio_input.expect_pass("virtio-input-tablet")
+    virtio_input.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-input-msix")
 def test_virtio_input_msix(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass("virtio-input-msix")
+    m = virtio_input.expect_pass()
     assert m.get("mode") == expected_irq_mode(virtio_input.vm.config.vectors.input), m.raw
 
 
 @pytest.mark.aero_check("virtio-input-led")
 def test_virtio_input_led(virtio_input: AeroDevice) -> None:
     """Guest-driven: LED output reports travel down the virtio statusq."""
-    virtio_input.expect_pass("virtio-input-led")
+    virtio_input.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-input-leds")
 def test_virtio_input_leds(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass("virtio-input-leds")
+    m = virtio_input.expect_pass()
     assert int(m.get("writes", "0")) > 0, m.raw

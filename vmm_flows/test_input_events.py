@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_aero_virtio.actions import topics
 from pytest_aero_virtio.testing import AeroDevice
 
 pytestmark = pytest.mark.virtio_input
@@ -12,15 +13,15 @@ pytestmark = pytest.mark.virtio_input
 @pytest.mark.aero_check("virtio-input-events")
 def test_virtio_input_events(virtio_input: AeroDevice) -> None:
     """Key ``a``, a relative move and a left click, injected the moment the guest is READY."""
-    virtio_input.expect_pass("virtio-input-events")
-    inject = virtio_input.vm.expect_host("VIRTIO_INPUT_EVENTS_INJECT", "PASS")
+    virtio_input.expect_pass()
+    inject = virtio_input.vm.expect_host(topics.INPUT_EVENTS_INJECT, "PASS")
     assert inject.fields.get("backend") == "qmp_input_send_event", inject.line()
 
 
 @pytest.mark.aero_check("virtio-input-wheel")
 def test_virtio_input_wheel(virtio_input: AeroDevice) -> None:
     """Wheel motion arrives as QEMU wheel buttons and reads as REL_WHEEL/REL_HWHEEL in the guest."""
-    m = virtio_input.expect_pass("virtio-input-wheel")
+    m = virtio_input.expect_pass()
     if "wheel_total" in m.fields:
         assert int(m["wheel_total"]) != 0, m.raw
     # A virtio mouse without REL_HWHEEL (QEMU before it mapped wheel-left/right) cannot report it: the guest
@@ -31,26 +32,26 @@ def test_virtio_input_wheel(virtio_input: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-input-events-modifiers")
 def test_virtio_input_events_modifiers(virtio_input: AeroDevice) -> None:
-    virtio_input.expect_pass("virtio-input-events-modifiers")
+    virtio_input.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-input-events-buttons")
 def test_virtio_input_events_buttons(virtio_input: AeroDevice) -> None:
-    virtio_input.expect_pass("virtio-input-events-buttons")
+    virtio_input.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-input-events-wheel")
 def test_virtio_input_events_wheel(virtio_input: AeroDevice) -> None:
-    virtio_input.expect_pass("virtio-input-events-wheel")
+    virtio_input.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-input-media-keys")
 def test_virtio_input_media_keys(virtio_input: AeroDevice) -> None:
-    virtio_input.expect_pass("virtio-input-media-keys")
-    virtio_input.vm.expect_host("VIRTIO_INPUT_MEDIA_KEYS_INJECT", "PASS")
+    virtio_input.expect_pass()
+    virtio_input.vm.expect_host(topics.INPUT_MEDIA_KEYS_INJECT, "PASS")
 
 
 @pytest.mark.aero_check("virtio-input-tablet-events")
 def test_virtio_input_tablet_events(virtio_input: AeroDevice) -> None:
-    virtio_input.expect_pass("virtio-input-tablet-events")
-    virtio_input.vm.expect_host("VIRTIO_INPUT_TABLET_EVENTS_INJECT", "PASS")
+    virtio_input.expect_pass()
+    virtio_input.vm.expect_host(topics.INPUT_TABLET_EVENTS_INJECT, "PASS")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pytest_aero_virtio.actions import topics
 from pytest_aero_virtio.testing import MODERN_IDS, AeroDevice, expected_irq_mode
 
 pytestmark = pytest.mark.virtio_net
@@ -18,7 +19,7 @@ def test_net_pci_preflight(virtio_net: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-net-udp")
 def test_virtio_net_udp(virtio_net: AeroDevice) -> None:
-    m = virtio_net.expect_pass("virtio-net-udp")
+    m = virtio_net.expect_pass()
     if "bytes" in m.fields:
         assert int(m["bytes"]) == 1400, m.raw
     # The host's UDP echo really saw the guest's datagrams.
@@ -28,7 +29,7 @@ def test_virtio_net_udp(virtio_net: AeroDevice) -> None:
 @pytest.mark.aero_check("virtio-net")
 def test_virtio_net(virtio_net: AeroDevice) -> None:
     """HTTP GET, the 1 MiB download (FNV-1a 64 checked by the guest) and the 1 MiB upload (SHA-256 on the host)."""
-    m = virtio_net.expect_pass("virtio-net")
+    m = virtio_net.expect_pass()
     if "large_ok" in m.fields:
         assert m["large_ok"] == "1" and int(m["large_bytes"]) == 1 << 20, m.raw
         assert m["large_fnv1a64"].lower() == LARGE_FNV1A64, m.raw
@@ -40,29 +41,29 @@ def test_virtio_net(virtio_net: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-net-udp-dns")
 def test_virtio_net_udp_dns(virtio_net: AeroDevice) -> None:
-    virtio_net.expect_info("virtio-net-udp-dns")
+    virtio_net.expect_info()
 
 
 @pytest.mark.aero_check("virtio-net-offload-csum")
 def test_virtio_net_offload_csum(virtio_net: AeroDevice) -> None:
-    virtio_net.expect_pass("virtio-net-offload-csum")
+    virtio_net.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-net-msix")
 def test_virtio_net_msix(virtio_net: AeroDevice) -> None:
-    m = virtio_net.expect_pass("virtio-net-msix")
+    m = virtio_net.expect_pass()
     assert m.get("mode") == expected_irq_mode(virtio_net.vm.config.vectors.net), m.raw
 
 
 @pytest.mark.aero_check("virtio-net-link-flap")
 def test_virtio_net_link_flap(virtio_net: AeroDevice) -> None:
     """The host drops the link over QMP ``set_link`` when the guest is READY; the guest sees down then up."""
-    virtio_net.expect_pass("virtio-net-link-flap")
-    virtio_net.vm.expect_host("VIRTIO_NET_LINK_FLAP", "PASS")
+    virtio_net.expect_pass()
+    virtio_net.vm.expect_host(topics.NET_LINK_FLAP, "PASS")
 
 
 def _offload_counter(virtio_net: AeroDevice, counter: str) -> None:
-    m = virtio_net.expect_pass("virtio-net-offload-csum")
+    m = virtio_net.expect_pass()
     if m.get("tx_offload") == "off":
         pytest.skip(
             f"{counter}: the device offered no TX checksum offload ({m.raw.split('|', 4)[-1]}); QEMU's user "

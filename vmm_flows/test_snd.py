@@ -20,46 +20,46 @@ def test_snd_pci_preflight(virtio_snd: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-snd")
 def test_virtio_snd(virtio_snd: AeroDevice) -> None:
-    virtio_snd.expect_pass("virtio-snd")
+    virtio_snd.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-snd", audio="wav", at_end=True)
 def test_virtio_snd_wav_on_host(virtio_snd: AeroDevice) -> None:
     """What the guest played reached QEMU's wav backend: not silent, 440 Hz dominant."""
-    virtio_snd.expect_pass("virtio-snd")
+    virtio_snd.expect_pass()
     figures = virtio_snd.vm.check_wav(expect_hz=440.0)
     assert figures.frames > 0
 
 
 @pytest.mark.aero_check("virtio-snd-capture")
 def test_virtio_snd_capture(virtio_snd: AeroDevice) -> None:
-    m = virtio_snd.expect_pass("virtio-snd-capture")
+    m = virtio_snd.expect_pass()
     if "frames" in m.fields:
         assert int(m["frames"]) > 0, m.raw
 
 
 @pytest.mark.aero_check("virtio-snd-duplex")
 def test_virtio_snd_duplex(virtio_snd: AeroDevice) -> None:
-    virtio_snd.expect_pass("virtio-snd-duplex")
+    virtio_snd.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-snd-buffer-limits")
 def test_virtio_snd_buffer_limits(virtio_snd: AeroDevice) -> None:
-    virtio_snd.expect_pass("virtio-snd-buffer-limits")
+    virtio_snd.expect_pass()
 
 
 @pytest.mark.aero_check("virtio-snd-format")
 def test_virtio_snd_format(virtio_snd: AeroDevice) -> None:
-    m = virtio_snd.expect_info("virtio-snd-format")
+    m = virtio_snd.expect_info()
     assert m.get("render"), f"the guest must report the render format: {m.raw}"
 
 
 @pytest.mark.aero_check("virtio-snd-eventq")
 def test_virtio_snd_eventq(virtio_snd: AeroDevice) -> None:
-    virtio_snd.expect_info("virtio-snd-eventq")
+    virtio_snd.expect_info()
 
 
 @pytest.mark.aero_check("virtio-snd-msix")
 def test_virtio_snd_msix(virtio_snd: AeroDevice) -> None:
-    m = virtio_snd.expect_pass("virtio-snd-msix")
+    m = virtio_snd.expect_pass()
     assert m.get("mode") == expected_irq_mode(virtio_snd.vm.config.vectors.snd), m.raw

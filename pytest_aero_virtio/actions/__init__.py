@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pytest_aero_virtio.actions.base import (
-    UNBOUND_QMP,
     ActionContext,
     CapsView,
     QmpExecutor,
@@ -30,7 +29,6 @@ from pytest_aero_virtio.errors import AeroConfigError
 __all__ = [
     "ACTIONS",
     "MIRROR",
-    "UNBOUND_QMP",
     "ActionContext",
     "CapsView",
     "QmpExecutor",

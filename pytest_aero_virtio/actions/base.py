@@ -15,25 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
 from pytest_aero_virtio.config import VmConfig
-from pytest_aero_virtio.markers import HostMarker, Marker, MarkerStream
+from pytest_aero_virtio.markers import HostMarker, Marker
+from pytest_aero_virtio.stream import MarkerStream
 
 __all__ = [
     "DEFAULT_BLK_RESIZE_DELTA",
-    "UNBOUND_QMP",
     "ActionContext",
     "CapsView",
     "QmpExecutor",
     "Reaction",
     "Reactor",
-    "clean_value",
     "is_qmp_refusal",
+    "on_ready",
     "ready_trigger",
 ]
 
@@ -44,8 +43,9 @@ DEFAULT_BLK_RESIZE_DELTA = 64 * 1024 * 1024
 
 
 class QmpExecutor(Protocol):
-    """What reactions need from QMP: ``qemu.qmp.QMPClient`` satisfies it (its ``execute`` raises
-    ``qemu.qmp.ExecuteError`` when QEMU answers with an error)."""
+    """What reactions need from QMP: the VM's :class:`~pytest_aero_virtio.qemu.qmp.QmpChannel` (which waits
+    for the QMP handshake itself, so a reaction may run before it completes); its ``execute`` raises
+    ``qemu.qmp.ExecuteError`` when QEMU answers with an error."""
 
     async def execute(self, cmd: str, arguments: Mapping[str, object] | None = None) -> Any: ...
 
@@ -56,26 +56,6 @@ class CapsView(Protocol):
     def has_prop(self, device: str, prop: str) -> bool: ...
 
     def has_command(self, name: str) -> bool: ...
-
-
-class UnboundQmp:
-    """Placeholder ``ActionContext.qmp`` until :meth:`Reactor.bind` supplies the VM's channel (the machine
-    creates its QMP channel only when it starts the VM, after the reactor is built)."""
-
-    async def execute(self, cmd: str, arguments: Mapping[str, object] | None = None) -> Any:
-        raise RuntimeError(f"QMP not bound yet (command {cmd!r}): call Reactor.bind(qmp) before QEMU starts")
-
-
-#: Pass as ``ActionContext(qmp=UNBOUND_QMP, ...)`` when the channel comes later through ``Reactor.bind``.
-UNBOUND_QMP = UnboundQmp()
-
-_UNSAFE = re.compile(r"[|\r\n]+")
-
-
-def clean_value(value: object) -> str:
-    """A host-marker field value: no ``|`` (becomes ``/``) and no line breaks (PROTOCOL.md section 1)."""
-    text = str(value)
-    return _UNSAFE.sub(lambda m: "/" if "|" in m.group() else " ", text).strip()
 
 
 def is_qmp_refusal(exc: BaseException) -> bool:
@@ -90,9 +70,9 @@ def is_qmp_refusal(exc: BaseException) -> bool:
 
 @dataclass
 class ActionContext:
-    """Everything a reaction may touch, built by the machine layer once per VM (on the VM loop).
+    """Everything a reaction may touch, built once per VM before QEMU starts (``vm.py``).
 
-    ``host_log`` receives each host marker line (the host-marker artifact); the ids must equal the ones
+    ``qmp`` is the VM's QMP channel itself, known from the start: no late binding. The ids must equal the ones
     ``qemu/argv.py`` put on the command line (``DEVICE_IDS``), hence the defaults here are the same.
     Timing knobs are fields so tests can shrink them.
     """
@@ -101,7 +81,6 @@ class ActionContext:
     stream: MarkerStream
     vm: VmConfig
     caps: CapsView
-    host_log: Callable[[str], None] | None = None
     display: str = "vga0"  # keyboard + mouse are bound to this QemuConsole
     tablet_display: str = "vga1"  # the tablet is bound to its own console (see docs/design.md)
     disk_node: str = "disk0"
@@ -118,18 +97,13 @@ class ActionContext:
         return self.vm.reactions
 
     def record(self, hm: HostMarker) -> None:
-        """Add a host marker to the stream and the host log (the one place host markers are emitted)."""
+        """Add a host marker to the stream; the stream's subscribers write it to host-markers.log."""
         self.recorded.append(hm)
         self.stream.add_host(hm)
-        if self.host_log is not None:
-            try:
-                self.host_log(hm.line())
-            except Exception:  # a full disk must not hide the marker, which is already in the stream
-                log.exception("cannot write host marker to the host log")
 
     def host(self, topic: str, status: str, **fields: object) -> HostMarker:
-        """Build and record ``AERO_VIRTIO_WIN7_HOST|topic|status|k=v...`` (values cleaned)."""
-        hm = HostMarker(topic=topic, status=status, fields={k: clean_value(v) for k, v in fields.items()})
+        """Build and record ``AERO_VIRTIO_WIN7_HOST|topic|status|k=v...`` (cleaned by :class:`HostMarker`)."""
+        hm = HostMarker(topic=topic, status=status, fields={k: str(v) for k, v in fields.items()})
         self.record(hm)
         return hm
 
@@ -152,6 +126,11 @@ class Reaction:
     topic: str
     token: str
     once: bool = True
+
+
+def on_ready(name: str, test: str, run: RunFn, topic: str, token: str) -> Reaction:
+    """A ``once`` reaction to ``<test>|READY``: the shape of every READY handshake's host action."""
+    return Reaction(name=name, trigger=ready_trigger(test), run=run, topic=topic, token=token)
 
 
 def ready_trigger(test: str) -> Callable[[Marker], bool]:
@@ -187,10 +166,6 @@ class Reactor:
         self._loop = loop
         self._fired: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-
-    def bind(self, qmp: QmpExecutor) -> None:
-        """Give the actions their QMP channel (``VmSession`` calls this on the VM loop before QEMU starts)."""
-        self.ctx.qmp = qmp
 
     @property
     def pending(self) -> int:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 
-from pytest_aero_virtio.actions.base import ActionContext, Reaction, is_qmp_refusal, ready_trigger
+from pytest_aero_virtio.actions import topics
+from pytest_aero_virtio.actions.base import ActionContext, is_qmp_refusal, on_ready
 from pytest_aero_virtio.errors import QMP_BLK_RESIZE_FAILED
 from pytest_aero_virtio.markers import Marker
 
 __all__ = ["BLK_RESIZE", "SECTOR", "resize_commands", "resize_target"]
 
-TOPIC = "VIRTIO_BLK_RESIZE"
+TOPIC = topics.BLK_RESIZE
 TEST = "virtio-blk-resize"
 SECTOR = 512
 
@@ -91,10 +92,4 @@ async def run_blk_resize(ctx: ActionContext, m: Marker) -> None:
 
 
 #: ``once``: the disk grows exactly once per VM, even if the guest repeats its READY line.
-BLK_RESIZE = Reaction(
-    name="blk_resize",
-    trigger=ready_trigger(TEST),
-    run=run_blk_resize,
-    topic=TOPIC,
-    token=QMP_BLK_RESIZE_FAILED,
-)
+BLK_RESIZE = on_ready("blk_resize", TEST, run_blk_resize, TOPIC, QMP_BLK_RESIZE_FAILED)

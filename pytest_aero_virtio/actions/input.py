@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_aero_virtio.actions.base import ActionContext, Reaction, is_qmp_refusal, ready_trigger
+from pytest_aero_virtio.actions import topics
+from pytest_aero_virtio.actions.base import ActionContext, Reaction, is_qmp_refusal, on_ready
 from pytest_aero_virtio.errors import (
     QMP_INPUT_INJECT_FAILED,
     QMP_INPUT_TABLET_INJECT_FAILED,
@@ -161,11 +162,17 @@ class Target:
 class InputPlan:
     """What one READY is answered with: the targets and the marker fields describing the set."""
 
+    targets: tuple[Target, ...]
+    info: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """One READY handshake answered by injection: the guest test, the host topic and the failure token."""
+
     test: str
     topic: str
     token: str
-    targets: tuple[Target, ...]
-    info: tuple[tuple[str, str], ...] = ()
 
 
 def _bound_display(ctx: ActionContext, driver: str, display: str) -> str | None:
@@ -178,14 +185,9 @@ def input_events_plan(ctx: ActionContext) -> InputPlan:
     extended = "input_events_extended" in ctx.armed
     wheel = extended or "input_wheel" in ctx.armed
     return InputPlan(
-        test=EVENTS_TEST,
-        topic="VIRTIO_INPUT_EVENTS_INJECT",
-        token=QMP_INPUT_INJECT_FAILED,
         targets=(
             Target("kbd", _bound_display(ctx, "virtio-keyboard-pci", ctx.display), keyboard_events(extended)),
-            Target(
-                "mouse", _bound_display(ctx, "virtio-mouse-pci", ctx.display), mouse_events(wheel, extended)
-            ),
+            Target("mouse", _bound_display(ctx, "virtio-mouse-pci", ctx.display), mouse_events(wheel, extended)),
         ),
         info=(("set", "extended" if extended else "base"), ("wheel", "1" if wheel else "0")),
     )
@@ -193,9 +195,6 @@ def input_events_plan(ctx: ActionContext) -> InputPlan:
 
 def media_keys_plan(ctx: ActionContext) -> InputPlan:
     return InputPlan(
-        test=MEDIA_TEST,
-        topic="VIRTIO_INPUT_MEDIA_KEYS_INJECT",
-        token=QMP_MEDIA_KEYS_UNSUPPORTED,
         targets=(Target("kbd", _bound_display(ctx, "virtio-keyboard-pci", ctx.display), media_key_events()),),
         info=(("qcode", "volumeup"),),
     )
@@ -203,12 +202,7 @@ def media_keys_plan(ctx: ActionContext) -> InputPlan:
 
 def tablet_plan(ctx: ActionContext) -> InputPlan:
     return InputPlan(
-        test=TABLET_TEST,
-        topic="VIRTIO_INPUT_TABLET_EVENTS_INJECT",
-        token=QMP_INPUT_TABLET_INJECT_FAILED,
-        targets=(
-            Target("tablet", _bound_display(ctx, "virtio-tablet-pci", ctx.tablet_display), tablet_events()),
-        ),
+        targets=(Target("tablet", _bound_display(ctx, "virtio-tablet-pci", ctx.tablet_display), tablet_events()),),
     )
 
 
@@ -224,7 +218,7 @@ async def _send(ctx: ActionContext, target: Target, batch: Batch) -> None:
         await ctx.qmp.execute("input-send-event", target.args(batch))
 
 
-async def inject_until_final(ctx: ActionContext, plan: InputPlan) -> None:
+async def inject_until_final(ctx: ActionContext, plan: InputPlan, hs: Handshake) -> None:
     """Inject the plan's batches, repeating until the guest test has a final status or the deadline."""
     deadline = time.monotonic() + ctx.input_deadline_s
     attempt = 0
@@ -237,17 +231,17 @@ async def inject_until_final(ctx: ActionContext, plan: InputPlan) -> None:
                     await _send(ctx, target, batch)
         except Exception as exc:
             ctx.host(
-                plan.topic,
+                hs.topic,
                 "FAIL",
                 attempt=attempt,
                 backend=BACKEND,
                 **{f"{t.kind}_mode": t.mode for t in plan.targets},
                 reason=f"{type(exc).__name__}: {exc}",
-                token=plan.token,
+                token=hs.token,
             )
             return
         ctx.host(
-            plan.topic,
+            hs.topic,
             "PASS",
             attempt=attempt,
             backend=BACKEND,
@@ -255,10 +249,10 @@ async def inject_until_final(ctx: ActionContext, plan: InputPlan) -> None:
             **dict(plan.info),
             ms=round((time.monotonic() - started) * 1000, 1),
         )
-        if _final(ctx, plan.test) or time.monotonic() + ctx.input_interval_s > deadline:
+        if _final(ctx, hs.test) or time.monotonic() + ctx.input_interval_s > deadline:
             return
         await asyncio.sleep(ctx.input_interval_s)
-        if _final(ctx, plan.test):
+        if _final(ctx, hs.test):
             return
 
 
@@ -266,38 +260,27 @@ def _final(ctx: ActionContext, test: str) -> bool:
     return ctx.stream.final(test) is not None
 
 
-async def run_input_events(ctx: ActionContext, m: Marker) -> None:
-    await inject_until_final(ctx, input_events_plan(ctx))
+def _injection(name: str, hs: Handshake, plan: Callable[[ActionContext], InputPlan]) -> Reaction:
+    """The reaction that answers ``hs.test``'s READY line by injecting ``plan(ctx)`` until the verdict."""
 
+    async def run(ctx: ActionContext, m: Marker) -> None:
+        await inject_until_final(ctx, plan(ctx), hs)
 
-async def run_media_keys(ctx: ActionContext, m: Marker) -> None:
-    await inject_until_final(ctx, media_keys_plan(ctx))
-
-
-async def run_tablet_events(ctx: ActionContext, m: Marker) -> None:
-    await inject_until_final(ctx, tablet_plan(ctx))
+    return on_ready(name, hs.test, run, hs.topic, hs.token)
 
 
 #: One reaction serves ``input_events``, ``input_events_extended`` and ``input_wheel`` (registered under all
 #: three names): they answer the same READY line, and the extra names only widen the injected set.
-INPUT_EVENTS = Reaction(
-    name="input_events",
-    trigger=ready_trigger(EVENTS_TEST),
-    run=run_input_events,
-    topic="VIRTIO_INPUT_EVENTS_INJECT",
-    token=QMP_INPUT_INJECT_FAILED,
+INPUT_EVENTS = _injection(
+    "input_events", Handshake(EVENTS_TEST, topics.INPUT_EVENTS_INJECT, QMP_INPUT_INJECT_FAILED), input_events_plan
 )
-INPUT_MEDIA_KEYS = Reaction(
-    name="input_media_keys",
-    trigger=ready_trigger(MEDIA_TEST),
-    run=run_media_keys,
-    topic="VIRTIO_INPUT_MEDIA_KEYS_INJECT",
-    token=QMP_MEDIA_KEYS_UNSUPPORTED,
+INPUT_MEDIA_KEYS = _injection(
+    "input_media_keys",
+    Handshake(MEDIA_TEST, topics.INPUT_MEDIA_KEYS_INJECT, QMP_MEDIA_KEYS_UNSUPPORTED),
+    media_keys_plan,
 )
-INPUT_TABLET_EVENTS = Reaction(
-    name="input_tablet_events",
-    trigger=ready_trigger(TABLET_TEST),
-    run=run_tablet_events,
-    topic="VIRTIO_INPUT_TABLET_EVENTS_INJECT",
-    token=QMP_INPUT_TABLET_INJECT_FAILED,
+INPUT_TABLET_EVENTS = _injection(
+    "input_tablet_events",
+    Handshake(TABLET_TEST, topics.INPUT_TABLET_EVENTS_INJECT, QMP_INPUT_TABLET_INJECT_FAILED),
+    tablet_plan,
 )

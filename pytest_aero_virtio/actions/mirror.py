@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from pytest_aero_virtio.actions import topics
 from pytest_aero_virtio.actions.base import ActionContext, Reaction
+from pytest_aero_virtio.errors import MIRROR_FAILED
 from pytest_aero_virtio.markers import HostMarker, Marker
 
 __all__ = ["MIRROR", "mirror_of"]
@@ -19,28 +21,28 @@ FINAL = frozenset({"PASS", "FAIL", "SKIP", "INFO"})
 
 #: guest test -> host topic, copying every field
 WHOLE: Mapping[str, str] = {
-    "virtio-blk-msix": "VIRTIO_BLK_MSIX",
-    "virtio-net-msix": "VIRTIO_NET_MSIX",
-    "virtio-snd-msix": "VIRTIO_SND_MSIX",
-    "virtio-input-msix": "VIRTIO_INPUT_MSIX",
-    "virtio-snd-eventq": "VIRTIO_SND_EVENTQ",
-    "virtio-snd-format": "VIRTIO_SND_FORMAT",
-    "virtio-net-udp": "VIRTIO_NET_UDP",
-    "virtio-net-udp-dns": "VIRTIO_NET_UDP_DNS",
+    "virtio-blk-msix": topics.BLK_MSIX,
+    "virtio-net-msix": topics.NET_MSIX,
+    "virtio-snd-msix": topics.SND_MSIX,
+    "virtio-input-msix": topics.INPUT_MSIX,
+    "virtio-snd-eventq": topics.SND_EVENTQ,
+    "virtio-snd-format": topics.SND_FORMAT,
+    "virtio-net-udp": topics.NET_UDP,
+    "virtio-net-udp-dns": topics.NET_UDP_DNS,
 }
 
 #: guest test -> [(host topic, which fields)] for markers that carry several kinds of figures
 PARTS: Mapping[str, list[tuple[str, Callable[[str], bool]]]] = {
     "virtio-blk": [
-        ("VIRTIO_BLK_IRQ", lambda k: k.startswith(("irq_", "msix_"))),
-        ("VIRTIO_BLK_IO", lambda k: k.startswith(("write_", "read_", "flush"))),
+        (topics.BLK_IRQ, lambda k: k.startswith(("irq_", "msix_"))),
+        (topics.BLK_IO, lambda k: k.startswith(("write_", "read_", "flush"))),
     ],
     "virtio-net": [
-        ("VIRTIO_NET_IRQ", lambda k: k.startswith(("irq_", "msix_"))),
-        ("VIRTIO_NET_LARGE", lambda k: k.startswith(("large_", "upload_"))),
+        (topics.NET_IRQ, lambda k: k.startswith(("irq_", "msix_"))),
+        (topics.NET_LARGE, lambda k: k.startswith(("large_", "upload_"))),
     ],
-    "virtio-snd": [("VIRTIO_SND_IRQ", lambda k: k.startswith(("irq_", "msix_")))],
-    "virtio-input": [("VIRTIO_INPUT_IRQ", lambda k: k.startswith(("irq_", "msix_")))],
+    "virtio-snd": [(topics.SND_IRQ, lambda k: k.startswith(("irq_", "msix_")))],
+    "virtio-input": [(topics.INPUT_IRQ, lambda k: k.startswith(("irq_", "msix_")))],
 }
 
 
@@ -71,7 +73,7 @@ MIRROR = Reaction(
     name="mirror",
     trigger=_has_mirror,
     run=_record_mirror,
-    topic="MIRROR",
-    token="MIRROR_FAILED",
+    topic=topics.MIRROR,
+    token=MIRROR_FAILED,
     once=False,
 )

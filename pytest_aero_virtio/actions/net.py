@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pytest_aero_virtio.actions.base import ActionContext, Reaction, ready_trigger
+from pytest_aero_virtio.actions import topics
+from pytest_aero_virtio.actions.base import ActionContext, on_ready
 from pytest_aero_virtio.errors import QMP_NET_LINK_FLAP_FAILED
 from pytest_aero_virtio.markers import Marker
 
 __all__ = ["NET_LINK_FLAP", "run_net_link_flap"]
 
-TOPIC = "VIRTIO_NET_LINK_FLAP"
+TOPIC = topics.NET_LINK_FLAP
 TEST = "virtio-net-link-flap"
 
 
@@ -58,10 +59,4 @@ async def run_net_link_flap(ctx: ActionContext, m: Marker) -> None:
         ctx.host(TOPIC, "PASS", name=name, down_ms=round((time.monotonic() - down_at) * 1000, 1))
 
 
-NET_LINK_FLAP = Reaction(
-    name="net_link_flap",
-    trigger=ready_trigger(TEST),
-    run=run_net_link_flap,
-    topic=TOPIC,
-    token=QMP_NET_LINK_FLAP_FAILED,
-)
+NET_LINK_FLAP = on_ready("net_link_flap", TEST, run_net_link_flap, TOPIC, QMP_NET_LINK_FLAP_FAILED)

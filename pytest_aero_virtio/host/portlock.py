@@ -64,8 +64,7 @@ class PortLocks:
                     except BlockingIOError:
                         if time.monotonic() >= deadline:
                             raise AeroConfigError(
-                                f"host port {port} stayed in use by another VM of this user for "
-                                f"{self.timeout_s:g} s",
+                                f"host port {port} stayed in use by another VM of this user for {self.timeout_s:g} s",
                                 fix="the guest's ports are fixed: run its tests with -n 1, or give each guest "
                                 "its own --vm-http-port/--vm-udp-port",
                                 token=PORT_IN_USE,

@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import QemuCommand
-from .machine import child_setup
+from .process import run_probe
 
 #: What a kernel prints when it ran far enough to prove the accelerator works.
 _ALIVE = (b"Kernel panic", b"VFS: Unable to mount root", b"Run /init")
@@ -82,17 +83,10 @@ def kvm_works(qemu: QemuCommand, kernel: Path, cache_dir: Path) -> bool:
         pass
     try:
         # Like every QEMU of the plugin: killed with pytest (PDEATHSIG), even inside this 10 s window.
-        proc = subprocess.run(
-            probe_argv(qemu, kernel),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=PROBE_TIMEOUT_S,
-            check=False,
-            preexec_fn=child_setup(os.getpid()),
-        )
+        proc = run_probe(probe_argv(qemu, kernel), PROBE_TIMEOUT_S)
         works = proc.returncode == 0 and kernel_ran(proc.stdout)
     except subprocess.TimeoutExpired:
-        works = False  # subprocess.run killed it; a hung KVM guest is a "no"
+        works = False  # run_probe killed its process group; a hung KVM guest is a "no"
     except OSError:
         return False
     with contextlib.suppress(OSError):  # an unwritable cache only costs a probe next time
@@ -103,10 +97,25 @@ def kvm_works(qemu: QemuCommand, kernel: Path, cache_dir: Path) -> bool:
     return works
 
 
-def resolve_accel(choice: str, qemu: QemuCommand, kernel: Path | None, cache_dir: Path) -> str:
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator a run uses and why (shown in the report header)."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def resolve_accel(choice: str, qemu: QemuCommand, kernel: Path | None, cache_dir: Path) -> AccelChoice:
     """``kvm``/``tcg`` as given; ``auto`` probes (no probe kernel -> TCG, the safe choice)."""
     if choice in ("kvm", "tcg"):
-        return choice
+        return AccelChoice(choice, "--vm-accel")
+    if not kvm_device_usable():
+        return AccelChoice("tcg", "auto: /dev/kvm is missing or not usable by this user")
     if kernel is None:
-        return "tcg"
-    return "kvm" if kvm_works(qemu, kernel, cache_dir) else "tcg"
+        return AccelChoice("tcg", "auto: no kernel to probe KVM with")
+    if kvm_works(qemu, kernel, cache_dir):
+        return AccelChoice("kvm", "auto: a kernel booted under KVM")
+    return AccelChoice("tcg", "auto: /dev/kvm opens, but a kernel did not run under KVM (nested virtualisation?)")

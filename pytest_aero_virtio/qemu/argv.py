@@ -41,6 +41,7 @@ __all__ = [
     "NET_MAC",
     "ImageFormat",
     "RuntimePaths",
+    "UnixSocket",
     "build_argv",
     "detect_image_format",
     "format_argv",
@@ -76,12 +77,29 @@ QCOW2_MAGIC = b"QFI\xfb"
 
 
 @dataclass(frozen=True)
+class UnixSocket:
+    """A listening unix socket QEMU creates (``server=on,wait=off``) for a person or a tool to connect to.
+
+    ``log`` also copies everything the chardev sends into a file (``logfile=``), so nothing the guest prints
+    is lost while nobody is connected.
+    """
+
+    path: Path
+    log: Path | None = None
+
+    def chardev(self, chardev_id: str) -> str:
+        extra = (("logfile", self.log),) if self.log is not None else ()
+        return "socket," + _opts(("id", chardev_id), ("path", self.path), ("server", True), ("wait", False), *extra)
+
+
+@dataclass(frozen=True)
 class RuntimePaths:
     """What only exists once the machine layer prepared a launch (fds, temp files), plus resolved facts.
 
-    * ``serial`` - an fd of a connected stream socket QEMU inherits (``-chardev socket,fd=N``), or
-      ``"stdio"`` (bare runs).
-    * ``qmp`` - an fd of a connected socket for QMP (``-chardev socket,fd=N -mon ...,mode=control``), or None.
+    * ``serial`` - an fd of a connected stream socket QEMU inherits (``-chardev socket,fd=N``), a
+      :class:`UnixSocket` QEMU listens on (a command a person can paste and run), or ``"stdio"`` (bare runs).
+    * ``qmp`` - an fd of a connected socket for QMP (``-chardev socket,fd=N -mon ...,mode=control``), a
+      :class:`UnixSocket`, or None.
     * ``wav_path`` - where the wav audio backend writes (needed when the VM has sound with audio ``wav``).
     * ``guest_args`` - the guest's args string, passed as fw_cfg ``opt/aero/args`` (omitted when empty).
     * ``accel`` - ``"kvm"`` or ``"tcg"``, already resolved from ``opts.accel``.
@@ -89,8 +107,8 @@ class RuntimePaths:
     * ``overlay`` - the qcow2 overlay file made by :func:`prepare_overlay`; required when ``opts.snapshot``.
     """
 
-    serial: int | Literal["stdio"]
-    qmp: int | None
+    serial: int | UnixSocket | Literal["stdio"]
+    qmp: int | UnixSocket | None
     wav_path: Path | None = None
     guest_args: str = ""
     accel: str = "tcg"
@@ -269,8 +287,26 @@ def _disk_args(opts: RunOptions, rt: RuntimePaths, image: Path) -> list[str]:
     ]
 
 
+def _chardev(spec: int | UnixSocket, chardev_id: str) -> str:
+    return spec.chardev(chardev_id) if isinstance(spec, UnixSocket) else f"socket,id={chardev_id},fd={int(spec)}"
+
+
+def _chardev_args(rt: RuntimePaths) -> list[str]:
+    """The console (COM1) and the QMP monitor: inherited socket fds, unix sockets, or stdio for the console."""
+    ids = DEVICE_IDS
+    argv: list[str] = []
+    if rt.serial == "stdio":
+        argv += ["-serial", "stdio"]
+    else:
+        argv += ["-chardev", _chardev(rt.serial, ids["serial_chardev"]), "-serial", f"chardev:{ids['serial_chardev']}"]
+    if rt.qmp is not None:
+        argv += ["-chardev", _chardev(rt.qmp, ids["qmp_chardev"]), "-mon", f"chardev={ids['qmp_chardev']},mode=control"]
+    return argv
+
+
 def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> list[str]:
-    """The full QEMU argv for one VM (PROTOCOL.md section 5). Pure: no I/O, same inputs -> same argv.
+    """The full QEMU argv for one VM (the device contract is in docs/protocol.md). Pure: no I/O, same inputs ->
+    same argv.
 
     Raises AeroConfigError when the QEMU (per ``caps``) lacks a device or property the VM needs, and
     ValueError for caller mistakes (snapshot without an overlay, wav audio without a wav path).
@@ -280,8 +316,7 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
             "nothing to boot: neither a disk image nor a kernel was given",
             fix="give --vm-image=<disk> (or --vm-kernel for direct kernel boot)",
         )
-    ids = DEVICE_IDS
-    argv: list[str] = [
+    argv = [
         str(opts.qemu.path),
         "-nodefaults",
         "-no-user-config",
@@ -296,72 +331,77 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
         "-no-reboot",
     ]
     # Serial first: it is COM1, the port the guest writes markers to.
-    if rt.serial == "stdio":
-        argv += ["-serial", "stdio"]
-    else:
-        argv += [
-            "-chardev",
-            f"socket,id={ids['serial_chardev']},fd={int(rt.serial)}",
-            "-serial",
-            f"chardev:{ids['serial_chardev']}",
-        ]
-    if rt.qmp is not None:
-        argv += [
-            "-chardev",
-            f"socket,id={ids['qmp_chardev']},fd={int(rt.qmp)}",
-            "-mon",
-            f"chardev={ids['qmp_chardev']},mode=control",
-        ]
-    # The displays must exist before the input devices bind to them (PROTOCOL.md section 6). The tablet gets a
-    # console of its own: bound to the same one as the mouse, button events would go to whichever pointer the
-    # guest activated last (ui/input.c), so tablet clicks could land on the mouse.
-    argv += ["-device", f"VGA,id={ids['display']}"]
-    tablet_display = ids["display"]
-    if vm.tablet and caps.has_device("secondary-vga"):
-        tablet_display = ids["tablet_display"]
-        argv += ["-device", f"secondary-vga,id={tablet_display}"]
-
+    argv += _chardev_args(rt)
+    argv += _display_args(vm, caps)
     if opts.image is not None:
         argv += _disk_args(opts, rt, opts.image)
-        argv += _virtio_device(
-            caps,
-            "virtio-blk-pci",
-            ids["blk"],
-            vm,
-            vm.vectors.blk,
-            (("drive", ids["disk_node"]), ("serial", DISK_SERIAL)),
-        )
+        blk_extra = (("drive", DEVICE_IDS["disk_node"]), ("serial", DISK_SERIAL))
+        argv += _virtio_device(caps, "virtio-blk-pci", DEVICE_IDS["blk"], vm, vm.vectors.blk, blk_extra)
+    argv += _net_args(vm, caps)
+    argv += _input_args(vm, caps)
+    argv += _sound_args(opts, vm, caps, rt)
+    argv += _boot_args(opts, rt)
+    return argv + list(opts.extra_args)
 
-    argv += ["-netdev", f"user,id={ids['netdev']}"]
-    argv += _virtio_device(
-        caps, "virtio-net-pci", ids["net"], vm, vm.vectors.net, (("netdev", ids["netdev"]), ("mac", NET_MAC))
+
+def _display_args(vm: VmConfig, caps: Caps) -> list[str]:
+    """The displays, which must exist before the input devices bind to them.
+
+    The tablet gets a console of its own: bound to the same one as the mouse, button events would go to
+    whichever pointer the guest activated last (QEMU's ui/input.c), so tablet clicks could land on the mouse.
+    """
+    argv = ["-device", f"VGA,id={DEVICE_IDS['display']}"]
+    if vm.tablet and caps.has_device("secondary-vga"):
+        argv += ["-device", f"secondary-vga,id={DEVICE_IDS['tablet_display']}"]
+    return argv
+
+
+def _net_args(vm: VmConfig, caps: Caps) -> list[str]:
+    ids = DEVICE_IDS
+    extra = (("netdev", ids["netdev"]), ("mac", NET_MAC))
+    return [
+        "-netdev",
+        f"user,id={ids['netdev']}",
+        *_virtio_device(caps, "virtio-net-pci", ids["net"], vm, vm.vectors.net, extra),
+    ]
+
+
+def _input_args(vm: VmConfig, caps: Caps) -> list[str]:
+    """Keyboard and mouse bound to ``vga0``, the tablet to its own ``vga1`` (each only where QEMU can bind)."""
+    ids = DEVICE_IDS
+    inputs = [("virtio-keyboard-pci", ids["kbd"], ids["display"]), ("virtio-mouse-pci", ids["mouse"], ids["display"])]
+    if vm.tablet:
+        display = ids["tablet_display"] if caps.has_device("secondary-vga") else ids["display"]
+        inputs.append(("virtio-tablet-pci", ids["tablet"], display))
+    argv: list[str] = []
+    for driver, dev_id, display in inputs:
+        extra: tuple[tuple[str, object], ...] = (("display", display),) if caps.has_prop(driver, "display") else ()
+        argv += _virtio_device(caps, driver, dev_id, vm, vm.vectors.input, extra)
+    return argv
+
+
+def _sound_args(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> list[str]:
+    """The audio backend (wav records playback to a file; none captures silence) and the sound device."""
+    if not vm.snd:
+        return []
+    ids = DEVICE_IDS
+    if vm.audio == "wav":
+        if rt.wav_path is None:
+            raise ValueError("a VM with wav audio needs rt.wav_path")
+        audiodev = _opts(("id", ids["audiodev"]), ("path", rt.wav_path), ("out.frequency", opts.wav_frequency))
+        argv = ["-audiodev", f"wav,{audiodev}"]
+    else:
+        argv = ["-audiodev", f"none,id={ids['audiodev']}"]
+    return argv + _virtio_device(
+        caps, "virtio-sound-pci", ids["snd"], vm, vm.vectors.snd, (("audiodev", ids["audiodev"]),)
     )
 
-    inputs = [("virtio-keyboard-pci", ids["kbd"]), ("virtio-mouse-pci", ids["mouse"])]
-    if vm.tablet:
-        inputs.append(("virtio-tablet-pci", ids["tablet"]))
-    for driver, dev_id in inputs:
-        extra: tuple[tuple[str, object], ...] = ()
-        if caps.has_prop(driver, "display"):
-            display = tablet_display if dev_id == ids["tablet"] else ids["display"]
-            extra = (("display", display),)
-        argv += _virtio_device(caps, driver, dev_id, vm, vm.vectors.input, extra)
 
-    if vm.snd:
-        if vm.audio == "wav":
-            if rt.wav_path is None:
-                raise ValueError("a VM with wav audio needs rt.wav_path")
-            audiodev = _opts(("id", ids["audiodev"]), ("path", rt.wav_path), ("out.frequency", opts.wav_frequency))
-            argv += ["-audiodev", f"wav,{audiodev}"]
-        else:
-            argv += ["-audiodev", f"none,id={ids['audiodev']}"]
-        argv += _virtio_device(
-            caps, "virtio-sound-pci", ids["snd"], vm, vm.vectors.snd, (("audiodev", ids["audiodev"]),)
-        )
-
+def _boot_args(opts: RunOptions, rt: RuntimePaths) -> list[str]:
+    """The guest's arguments (fw_cfg) and direct kernel boot."""
+    argv: list[str] = []
     if rt.guest_args:
         argv += ["-fw_cfg", f"name={FW_CFG_ARGS_NAME},string={qemu_opt_escape(rt.guest_args)}"]
-
     if opts.kernel is not None:
         # Whole-argument values: QEMU does not parse these as option strings, so no escaping.
         argv += ["-kernel", str(opts.kernel)]
@@ -369,6 +409,4 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
             argv += ["-initrd", str(opts.initrd)]
         if opts.append is not None:
             argv += ["-append", opts.append]
-
-    argv += list(opts.extra_args)
     return argv

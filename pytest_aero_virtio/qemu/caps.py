@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import QemuCommand
 from ..errors import QEMU_NOT_FOUND, AeroConfigError
+from .process import run_probe
 
 __all__ = [
     "PROBED_DEVICES",
@@ -233,17 +234,10 @@ def resolve_qemu(qemu: QemuCommand) -> Path:
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """One probe, with a QEMU run's hygiene (own process group, parent-death signal, group killed on timeout):
+    a launcher script that hangs must not leave its QEMU behind."""
     try:
-        return subprocess.run(
-            argv,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=PROBE_TIMEOUT_S,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            check=False,
-        )
+        raw = run_probe(argv, PROBE_TIMEOUT_S, input=stdin.encode() if stdin is not None else None)
     except subprocess.TimeoutExpired as exc:
         raise AeroConfigError(
             f"QEMU probe {' '.join(argv[1:])!r} did not finish within {PROBE_TIMEOUT_S:g} s",
@@ -254,6 +248,9 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
         raise AeroConfigError(
             f"cannot run QEMU {argv[0]}: {exc.strerror or exc}", fix=_FIX, token=QEMU_NOT_FOUND
         ) from exc
+    out = raw.stdout.decode(errors="replace")
+    err = raw.stderr.decode(errors="replace")
+    return subprocess.CompletedProcess(raw.args, raw.returncode, out, err)
 
 
 def _tail(text: str, n: int = 5) -> str:

@@ -15,8 +15,9 @@ from qemu.qmp import QMPClient
 
 from pytest_aero_virtio.actions import ActionContext, Reactor, reactions_for
 from pytest_aero_virtio.config import VmConfig
-from pytest_aero_virtio.markers import HostMarker, MarkerStream
+from pytest_aero_virtio.markers import HostMarker
 from pytest_aero_virtio.qemu.caps import Caps
+from pytest_aero_virtio.stream import MarkerStream
 
 INPUT_DRIVERS = ("virtio-keyboard-pci", "virtio-mouse-pci", "virtio-tablet-pci")
 
@@ -36,7 +37,11 @@ class Rig:
     ctx: ActionContext
     reactor: Reactor
     stream: MarkerStream
-    log_lines: list[str]
+
+    @property
+    def log_lines(self) -> list[str]:
+        """The host lines as the host-markers.log writer (a stream subscriber) would write them."""
+        return [hm.line() for hm in self.stream.host_markers]
 
     def feed(self, line: str) -> None:
         self.stream.feed_line(line)
@@ -63,18 +68,16 @@ async def rig(
         await qmp.connect(str(tmp / "q.sock"))
         names = frozenset(reactions)
         stream = make_stream()
-        lines: list[str] = []
         ctx = ActionContext(
             qmp=qmp,
             stream=stream,
             vm=VmConfig(reactions=names),
             caps=caps or make_caps(),
-            host_log=lines.append,
             **ctx_kwargs,
         )
         reactor = Reactor(ctx, reactions_for(names))
         stream.subscribe(reactor.on_marker)
-        yield Rig(peer, ctx, reactor, stream, lines)
+        yield Rig(peer, ctx, reactor, stream)
         await reactor.drain(timeout=10)
     finally:
         await qmp.disconnect()

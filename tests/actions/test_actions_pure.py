@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from pytest_aero_virtio.actions import ACTIONS, reactions_for
-from pytest_aero_virtio.actions.base import clean_value, ready_trigger
+from pytest_aero_virtio.actions.base import ready_trigger
 from pytest_aero_virtio.actions.blk import resize_commands, resize_target
 from pytest_aero_virtio.actions.input import (
     Target,
@@ -17,7 +17,7 @@ from pytest_aero_virtio.actions.input import (
     tablet_events,
 )
 from pytest_aero_virtio.errors import AeroConfigError
-from pytest_aero_virtio.markers import Marker
+from pytest_aero_virtio.markers import HostMarker, Marker, clean_host_value
 
 
 def flat(batches: list[list[dict[str, Any]]]) -> list[tuple[Any, ...]]:
@@ -131,6 +131,8 @@ def test_ready_trigger() -> None:
     assert trig(ready) and not trig(other)
 
 
-def test_clean_value() -> None:
-    assert clean_value("a|b\r\nc") == "a/b c"
-    assert clean_value(3) == "3"
+def test_clean_host_value_is_the_one_rule_for_host_lines() -> None:
+    assert clean_host_value("a|b\r\nc") == "a/b c"
+    assert clean_host_value(3) == "3"
+    hm = HostMarker("T", "FAIL", {"reason": "x|y\nz"}, ("tok|en",))
+    assert hm.line() == "AERO_VIRTIO_WIN7_HOST|T|FAIL|tok/en|reason=x/y z"

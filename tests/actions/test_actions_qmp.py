@@ -6,11 +6,10 @@ import asyncio
 import threading
 from typing import Any
 
-import pytest
 from aero_actions_rig import make_caps, rig, run
 from aero_fake_qmp import QmpFault
 
-from pytest_aero_virtio.actions import UNBOUND_QMP, ActionContext, Reaction, Reactor
+from pytest_aero_virtio.actions import ActionContext, Reaction, Reactor
 from pytest_aero_virtio.errors import (
     QMP_BLK_RESIZE_FAILED,
     QMP_INPUT_INJECT_FAILED,
@@ -198,9 +197,7 @@ def test_tablet_goes_to_its_own_console() -> None:
             await r.reactor.drain(5)
             sends = r.peer.executed("input-send-event")
             assert all(c["device"] == "vga1" for c in sends) and len(sends) == 4
-            assert [
-                (e["type"], e["data"].get("axis"), e["data"].get("value")) for e in sends[1]["events"]
-            ] == [
+            assert [(e["type"], e["data"].get("axis"), e["data"].get("value")) for e in sends[1]["events"]] == [
                 ("abs", "x", 10000),
                 ("abs", "y", 20000),
             ]
@@ -218,9 +215,7 @@ def test_tablet_failure_token() -> None:
         raise QmpFault("VM not running")
 
     async def main() -> None:
-        async with rig(
-            {"input_tablet_events"}, peer_kwargs={"hooks": {"input-send-event": refuse}}, **FAST
-        ) as r:
+        async with rig({"input_tablet_events"}, peer_kwargs={"hooks": {"input-send-event": refuse}}, **FAST) as r:
             r.feed(P + "virtio-input-tablet-events|READY")
             await r.reactor.drain(5)
             (m,) = r.host("VIRTIO_INPUT_TABLET_EVENTS_INJECT")
@@ -406,20 +401,5 @@ def test_reactor_drain_timeout_cancels() -> None:
             assert reactor.pending == 1
             await reactor.drain(0.1)
             assert reactor.pending == 0
-
-    run(main())
-
-
-def test_reactor_bind_supplies_qmp_later() -> None:
-    async def main() -> None:
-        async with rig({"net_link_flap"}, link_down_s=0.01) as r:
-            real = r.ctx.qmp
-            r.ctx.qmp = UNBOUND_QMP
-            r.reactor.bind(real)
-            r.feed(P + "virtio-net-link-flap|READY")
-            await r.reactor.drain(5)
-            assert r.host("VIRTIO_NET_LINK_FLAP")[-1].status == "PASS"
-        with pytest.raises(RuntimeError, match=r"Reactor\.bind"):
-            await UNBOUND_QMP.execute("set_link", {})
 
     run(main())

@@ -21,8 +21,8 @@ from qemu.qmp import ExecInterruptedError, QMPClient
 
 from pytest_aero_virtio.actions import ActionContext, Reactor, reactions_for
 from pytest_aero_virtio.config import VmConfig
-from pytest_aero_virtio.markers import MarkerStream
 from pytest_aero_virtio.qemu.caps import Caps
+from pytest_aero_virtio.stream import MarkerStream
 
 QEMU = shutil.which("qemu-system-x86_64")
 P = "AERO_VIRTIO_SELFTEST|TEST|"
@@ -30,9 +30,7 @@ MiB = 1024 * 1024
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        QEMU is None, reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"
-    ),
+    pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)"),
 ]
 
 
@@ -85,8 +83,7 @@ def test_actions_on_real_qemu() -> None:
             assert isinstance(listing, list)
             cmds = {c["name"] for c in listing}
             props = {
-                d: frozenset({"display"})
-                for d in ("virtio-keyboard-pci", "virtio-mouse-pci", "virtio-tablet-pci")
+                d: frozenset({"display"}) for d in ("virtio-keyboard-pci", "virtio-mouse-pci", "virtio-tablet-pci")
             }
             caps = Caps(version=(7, 2, 0), device_props=props, qmp_commands=frozenset(cmds))
             names = {"blk_resize", "input_events", "input_events_extended", "input_media_keys",

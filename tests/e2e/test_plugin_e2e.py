@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import socket
@@ -30,8 +31,12 @@ def run(pytester: pytest.Pytester, source: str, *args: str, timeout: float = 300
     """Run ``source`` as a test file in a child pytest. ``--vm-artifacts=X`` also names the QEMU ``-name X``,
     so the ``artifacts`` fixture can find any QEMU process the child leaves behind."""
     pytester.makepyfile(test_inner=textwrap.dedent(source))
-    named = [f"--qemu-extra-arg={a}" for arg in args if arg.startswith("--vm-artifacts=")
-             for a in ("-name", arg.split("=", 1)[1])]
+    named = [
+        f"--qemu-extra-arg={a}"
+        for arg in args
+        if arg.startswith("--vm-artifacts=")
+        for a in ("-name", arg.split("=", 1)[1])
+    ]
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", *args, *named, timeout=timeout)
 
 
@@ -40,11 +45,11 @@ def test_reference_guest_passes_and_writes_artifacts(pytester: pytest.Pytester, 
 
     disk = ensure_image().disk
     before = hashlib.sha256(disk.read_bytes()).hexdigest()
-    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--follow-serial")
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-follow-serial")
     res.assert_outcomes(passed=1)
     # the guest wrote its blk test files, into the snapshot overlay only
     assert hashlib.sha256(disk.read_bytes()).hexdigest() == before, "the base image was modified"
-    # --follow-serial: the guest's lines reach the terminal live, past pytest's fd capture
+    # --vm-follow-serial: the guest's lines reach the terminal live, past pytest's fd capture
     assert "AERO_VIRTIO_SELFTEST|START|version=1" in res.stdout.str() + res.stderr.str()
     (vm_dir,) = artifacts.iterdir()
     serial = (vm_dir / "serial.log").read_bytes()
@@ -128,8 +133,33 @@ def test_guest_port_mismatch_fails_at_once(pytester: pytest.Pytester, artifacts:
 def test_dry_run_prints_argv_and_runs_nothing(pytester: pytest.Pytester, artifacts: Path) -> None:
     res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-dry-run")
     assert res.ret == 0
-    res.stdout.fnmatch_lines(["*dry run*", "*virtio-blk-pci*disable-legacy=on*"])
-    assert not artifacts.exists() or not any(artifacts.iterdir())
+    res.stdout.fnmatch_lines(["*dry run*", "*virtio-blk-pci*disable-legacy=on*", "*1 planned*"])
+    # nothing booted: no VM directory, only the sockets/overlay directory the listing names
+    assert [p.name for p in artifacts.iterdir()] == ["dry-run"]
+    assert not qemu_pids_with(str(artifacts))
+
+
+def test_dry_run_command_pasted_into_a_shell_boots_the_guest(pytester: pytest.Pytester, artifacts: Path) -> None:
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-dry-run")
+    lines = res.stdout.lines
+    first = next(i for i, line in enumerate(lines) if line.endswith("qemu-system-x86_64 \\"))
+    command = [lines[first]]
+    while command[-1].endswith("\\"):
+        command.append(lines[first + len(command)])
+    assert len(command) > 20, "one argument per line"
+    serial_log = artifacts / "dry-run" / "vm0" / "serial.log"
+    shell = subprocess.Popen(["bash", "-c", "\n".join(command)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and shell.poll() is None:
+            if serial_log.exists() and b"AERO_VIRTIO_SELFTEST|START" in serial_log.read_bytes():
+                break
+            time.sleep(0.2)
+        assert serial_log.exists() and b"AERO_VIRTIO_SELFTEST|START" in serial_log.read_bytes(), shell.poll()
+        assert (artifacts / "dry-run" / "vm0" / "qmp.sock").is_socket()
+    finally:
+        os.killpg(shell.pid, signal.SIGKILL)
+        shell.wait()
 
 
 def test_bad_options_are_usage_errors(pytester: pytest.Pytester, tmp_path: Path) -> None:
@@ -209,9 +239,7 @@ def test_pytest_timeout_tears_the_vm_down(pytester: pytest.Pytester, artifacts: 
     def test_hang(aero_vm):
         aero_vm.expect_pass("virtio-net")
     """
-    res = run(
-        pytester, source, f"--vm-artifacts={artifacts}", f"--vm-image={blank}", "--vm-silence-timeout=600"
-    )
+    res = run(pytester, source, f"--vm-artifacts={artifacts}", f"--vm-image={blank}", "--vm-silence-timeout=600")
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*Timeout*"])
     assert wait_gone(str(artifacts), 10) == []
@@ -282,8 +310,9 @@ def test_fixed_port_vms_on_two_workers_take_turns(pytester: pytest.Pytester, art
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         udp = probe.getsockname()[1]
-    res = run(pytester, source, f"--vm-artifacts={artifacts}", "-n", "2", f"--vm-http-port={http}",
-              f"--vm-udp-port={udp}")
+    res = run(
+        pytester, source, f"--vm-artifacts={artifacts}", "-n", "2", f"--vm-http-port={http}", f"--vm-udp-port={udp}"
+    )
     res.assert_outcomes(passed=2)
     assert len(list(artifacts.iterdir())) == 2
 

@@ -63,9 +63,7 @@ def test_group_turns_exception_into_fail_for_unreported_names_only() -> None:
     with rep.group("virtio-snd", "virtio-snd-capture"):
         rep.pass_("virtio-snd")
         raise OSError("EIO|bad")
-    assert (
-        out[-1] == "AERO_VIRTIO_SELFTEST|TEST|virtio-snd-capture|FAIL|reason=exception|err=OSError: EIO/bad"
-    )
+    assert out[-1] == "AERO_VIRTIO_SELFTEST|TEST|virtio-snd-capture|FAIL|reason=exception|err=OSError: EIO/bad"
     assert rep.final == {"virtio-snd": "PASS", "virtio-snd-capture": "FAIL"}
     # the run goes on: later checks still report
     rep.pass_("virtio-net")

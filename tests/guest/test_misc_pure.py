@@ -28,8 +28,6 @@ def test_parse_aplay_verbose() -> None:
 
 def test_classify_error() -> None:
     assert snd.classify_error("arecord: pcm_read:2221: read error: Input/output error") == "io_error"
-    assert (
-        snd.classify_error("aplay: main:831: audio open error: No such file or directory") == "device_missing"
-    )
+    assert snd.classify_error("aplay: main:831: audio open error: No such file or directory") == "device_missing"
     assert snd.classify_error("Device or resource busy") == "busy"
     assert snd.classify_error("???") == "error"

@@ -33,9 +33,7 @@ def test_udhcpc_script_runs_bound_event_with_fake_ip(tmp_path: Path) -> None:
     lease = tmp_path / "lease.env"
     script = tmp_path / "s.sh"
     # /etc/resolv.conf is written by the script: point it at a temp file by rewriting the path
-    script.write_text(
-        net.udhcpc_script("/bin/sh", str(lease)).replace("/etc/resolv.conf", str(tmp_path / "resolv"))
-    )
+    script.write_text(net.udhcpc_script("/bin/sh", str(lease)).replace("/etc/resolv.conf", str(tmp_path / "resolv")))
     env = {
         "PATH": f"{bindir}:{os.environ['PATH']}",
         "interface": "eth0",

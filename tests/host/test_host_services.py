@@ -210,9 +210,7 @@ def test_udp_echo(tmp_path: Path) -> None:
         assert svc.udp_port != 0
         for size in (32, 1400, 2048, 2049, 4000):
             payload = bytes((i * 7) % 256 for i in range(size))
-            results[size] = await asyncio.to_thread(
-                _udp_roundtrip, svc.udp_port, payload, 2.0 if size <= 2048 else 0.3
-            )
+            results[size] = await asyncio.to_thread(_udp_roundtrip, svc.udp_port, payload, 2.0 if size <= 2048 else 0.3)
 
     log = tmp_path / "svc.log"
     svc = run_with(body, log)

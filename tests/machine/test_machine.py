@@ -18,10 +18,19 @@ import pytest
 from qemu.qmp import ExecuteError
 
 from pytest_aero_virtio.artifacts import ArtifactDir
-from pytest_aero_virtio.errors import QEMU_EXITED, QEMU_NOT_FOUND, TIMEOUT, AeroConfigError, AeroError
-from pytest_aero_virtio.markers import MarkerStream
-from pytest_aero_virtio.qemu import machine
-from pytest_aero_virtio.qemu.machine import NO_SERIAL_OUTPUT, QmpChannel, StopTimeouts, VmSession
+from pytest_aero_virtio.errors import (
+    NO_SERIAL_OUTPUT,
+    QEMU_EXITED,
+    QEMU_NOT_FOUND,
+    TIMEOUT,
+    AeroConfigError,
+    AeroError,
+)
+from pytest_aero_virtio.qemu import process
+from pytest_aero_virtio.qemu.lifecycle import Runstate, StopTimeouts
+from pytest_aero_virtio.qemu.qmp import QmpChannel
+from pytest_aero_virtio.qemu.session import VmSession
+from pytest_aero_virtio.stream import MarkerStream
 
 from .conftest import FAKE_QEMU, StandInStream, fake_argv, process_gone, wait_gone
 
@@ -58,7 +67,7 @@ def test_markers_qmp_quit_and_artifacts(tmp_path: Path, stream: StandInStream) -
         with pytest.raises(ExecuteError):
             session.qmp("no-such-command")
         assert stream.closed is None
-    assert session.ended == "quit"
+    assert session.ending == "quit"
     assert session.returncode == 0
     assert not session.alive
     assert process_gone(pid)
@@ -130,7 +139,7 @@ def test_crash_mid_run_ends_pending_wait_within_a_second(tmp_path: Path, stream:
         with pytest.raises(AeroError) as ei:
             session.qmp("query-status", timeout=2.0)
         assert ei.value.token == QEMU_EXITED
-    assert session.ended == "exited"
+    assert session.ending == "exited"
     assert process_gone(pid)
 
 
@@ -145,7 +154,7 @@ def test_guest_poweroff_after_result_is_a_normal_end(tmp_path: Path, stream: Sta
         assert isinstance(err, AeroError) and err.token == QEMU_EXITED
         assert "after the guest's RESULT line" in err.message
         assert stream.wait_for("virtio-blk|PASS", 0.1)
-    assert session.ended == "exited"
+    assert session.ending == "exited"
     assert "how=exited status=exit status 0" in session.artifacts.shutdown.read_text()
 
 
@@ -175,29 +184,39 @@ def test_missing_binary(tmp_path: Path, stream: StandInStream) -> None:
     assert ei.value.fix and "--qemu-system" in ei.value.fix
     assert session.pid is None
     assert session.stop() == "not-started"
-    s2 = VmSession(
-        lambda s, q: ["no-such-qemu-xyz"], artifacts=ArtifactDir(tmp_path, "vm"), stream=StandInStream()
-    )
+    s2 = VmSession(lambda s, q: ["no-such-qemu-xyz"], artifacts=ArtifactDir(tmp_path, "vm"), stream=StandInStream())
     with pytest.raises(AeroConfigError, match="not found on PATH"):
         s2.start()
 
 
 def test_silent_guest_fails_with_no_serial_output(tmp_path: Path, stream: StandInStream) -> None:
-    session = make(tmp_path, stream, "silent", first_output_timeout=0.5)
+    session = make(tmp_path, stream, "silent", silence_timeout=0.5)
     with session:
         t0 = time.monotonic()
         with pytest.raises(AeroError) as ei:
             stream.wait_for("START", 10.0)
         assert time.monotonic() - t0 < 2.0
         assert ei.value.token == NO_SERIAL_OUTPUT
-        assert "printed nothing" in ei.value.message and "0.5 s" in ei.value.message
+        assert "printed nothing on" in ei.value.message and "--vm-silence-timeout" in ei.value.message
         assert session.alive  # QEMU runs on until stop()
 
 
-def test_first_output_watchdog_quiet_when_guest_talks(tmp_path: Path, stream: StandInStream) -> None:
-    with make(tmp_path, stream, first_output_timeout=0.5):
+def test_every_quiet_stretch_counts_until_the_result(tmp_path: Path, stream: StandInStream) -> None:
+    """A guest that printed START and then hung is as stuck as one that never printed."""
+    script = [(0.0, "AERO_VIRTIO_SELFTEST|START|version=1\n"), (0.3, "still booting\n")]
+    with make(tmp_path, stream, script=script, silence_timeout=1.0):
+        stream.wait_for("still booting", 5.0)
+        t0 = time.monotonic()
+        err = stream.wait_closed(5.0)
+        assert 0.5 < time.monotonic() - t0 < 2.5
+        assert isinstance(err, AeroError) and err.token == NO_SERIAL_OUTPUT
+        assert "printed nothing more" in err.message
+
+
+def test_silence_after_the_result_is_not_a_failure(tmp_path: Path, stream: StandInStream) -> None:
+    with make(tmp_path, stream, silence_timeout=0.5):
         stream.wait_for("RESULT", 5.0)
-        time.sleep(0.7)
+        time.sleep(1.2)
         assert stream.closed is None
 
 
@@ -239,39 +258,48 @@ def test_services_start_before_qemu_and_stop_after(tmp_path: Path, stream: Stand
     assert events == ["services.start", "argv", "services.stop alive=False"]
 
 
-def test_reactions_run_on_the_loop_with_qmp(tmp_path: Path, stream: StandInStream) -> None:
+def test_reactions_run_on_the_loop_with_the_sessions_qmp_channel(tmp_path: Path, stream: StandInStream) -> None:
+    """One path from a READY line to QMP: the channel the reactions were built with is the session's own."""
     script = [(0.0, "AERO_VIRTIO_SELFTEST|TEST|virtio-input-events|READY\n")]
     results: list[Any] = []
-    closed: list[bool] = []
+    cancelled: list[bool] = []
+    channel = QmpChannel("vm_fake", tmp_path / "qmp-channel.log")
 
     class Reactions:
-        channel: QmpChannel | None = None
-
-        def bind(self, qmp: QmpChannel) -> None:
-            self.channel = qmp
-
         def on_marker(self, m: Any) -> None:
             if "READY" in m:
-                channel = self.channel
-                assert channel is not None
 
                 async def act() -> None:
                     results.append((threading.current_thread().name, await channel.execute("query-status")))
-                    session.host_log("AERO_VIRTIO_WIN7_HOST|X|PASS|a=1")
 
                 asyncio.get_running_loop().create_task(act())
 
-        async def aclose(self) -> None:
-            closed.append(True)
+        async def cancel(self) -> None:
+            cancelled.append(True)
 
-    session = make(tmp_path, stream, script=script, reactions=Reactions())
+    session = make(tmp_path, stream, script=script, reactions=Reactions(), qmp=channel)
+    assert session.qmp_channel is channel
     with session:
         deadline = time.monotonic() + 5
         while not results and time.monotonic() < deadline:
             time.sleep(0.02)
     assert results == [("aero-vm-vm_fake", {"status": "running", "singlestep": False, "running": True})]
-    assert closed == [True]
-    assert session.artifacts.host_markers.read_text() == "AERO_VIRTIO_WIN7_HOST|X|PASS|a=1\n"
+    assert cancelled == [True]
+    assert '"execute": "query-status"' in (tmp_path / "qmp-channel.log").read_text()
+
+
+def test_states_follow_the_life_of_the_vm(tmp_path: Path, stream: StandInStream) -> None:
+    session = make(tmp_path, stream)
+    assert session.state is Runstate.IDLE
+    session.start()
+    assert session.state is Runstate.RUNNING
+    stream.wait_for("RESULT", 5.0)
+    session.stop()
+    assert session.state is Runstate.STOPPED
+    with pytest.raises(RuntimeError, match="start\\(\\) in state stopped"):
+        session.start()
+    never = make(tmp_path, StandInStream())
+    assert never.stop() == "not-started" and never.state is Runstate.STOPPED
 
 
 def test_kill_all_and_registry(tmp_path: Path) -> None:
@@ -280,18 +308,18 @@ def test_kill_all_and_registry(tmp_path: Path) -> None:
     try:
         for s in sessions:
             s.start()
-        live = machine.live_sessions()
-        assert all(s in live for s in sessions)
-        assert machine.kill_all() >= 2
+        live = process.live_pids()
+        assert all(s.pid in live for s in sessions)
+        assert process.kill_all() >= 2
         for st in streams:
             err = st.wait_closed(1.0)
             assert isinstance(err, AeroError) and err.token == QEMU_EXITED
             assert "killed by signal 9 (SIGKILL)" in err.message
-        assert not any(s in machine.live_sessions() for s in sessions)
+        assert not any(s.pid in process.live_pids() for s in sessions)
     finally:
         for s in sessions:
             s.stop()
-    assert all(s.ended == "exited" and s.returncode == -9 for s in sessions)
+    assert all(s.ending == "exited" and s.returncode == -9 for s in sessions)
 
 
 def test_qmp_timeout(tmp_path: Path, stream: StandInStream) -> None:
@@ -310,7 +338,7 @@ def test_pdeathsig_kills_qemu_when_harness_dies(tmp_path: Path) -> None:
         import conftest
         from pathlib import Path
         from pytest_aero_virtio.artifacts import ArtifactDir
-        from pytest_aero_virtio.qemu.machine import VmSession
+        from pytest_aero_virtio.qemu.session import VmSession
         st = conftest.StandInStream()
         s = VmSession(conftest.fake_argv, artifacts=ArtifactDir(Path({str(tmp_path)!r}), "child"),
                       stream=st, env={{"FAKE_QEMU_PIDFILE": {str(pidfile)!r}}})

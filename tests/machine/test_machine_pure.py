@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pytest_aero_virtio.errors import QEMU_EXITED
-from pytest_aero_virtio.qemu.machine import StopTimeouts, describe_status, exit_failure, tail_lines
+from pytest_aero_virtio.qemu.lifecycle import TRANSITIONS, Runstate, StopTimeouts, exit_failure
+from pytest_aero_virtio.qemu.process import describe_status, tail_lines
 
 
 @pytest.mark.parametrize(
@@ -41,10 +42,7 @@ def test_exit_failure_distinguishes_the_cases() -> None:
     assert start.fix is not None and "qemu-argv.txt" in start.fix
 
     crash = exit_failure(-11, during_start=False, result_seen=False, stopped_how=None, stderr_tail=[])
-    assert (
-        crash.message
-        == "QEMU exited unexpectedly (killed by signal 11 (SIGSEGV)) before the guest's RESULT line"
-    )
+    assert crash.message == "QEMU exited unexpectedly (killed by signal 11 (SIGSEGV)) before the guest's RESULT line"
 
     normal = exit_failure(0, during_start=False, result_seen=True, stopped_how=None, stderr_tail=[])
     assert "after the guest's RESULT line (normal end of the selftest)" in normal.message
@@ -65,3 +63,19 @@ def test_exit_failure_distinguishes_the_cases() -> None:
 
 def test_stop_timeouts_total() -> None:
     assert StopTimeouts(quit=1, term=2, kill=3).total == 6
+
+
+def test_runstate_transitions_are_a_one_way_life() -> None:
+    """Every state can reach STOPPED, nothing leaves STOPPED, and nothing goes back to IDLE or STARTING."""
+    assert set(TRANSITIONS) == set(Runstate)
+    assert TRANSITIONS[Runstate.STOPPED] == frozenset()
+    for state, nexts in TRANSITIONS.items():
+        assert Runstate.IDLE not in nexts
+        assert state is Runstate.IDLE or Runstate.STARTING not in nexts
+        seen, todo = {state}, [state]
+        while todo:
+            for n in TRANSITIONS[todo.pop()]:
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        assert Runstate.STOPPED in seen

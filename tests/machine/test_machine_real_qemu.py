@@ -12,8 +12,8 @@ import pytest
 
 from pytest_aero_virtio.artifacts import ArtifactDir
 from pytest_aero_virtio.errors import QEMU_EXITED, AeroError
-from pytest_aero_virtio.markers import MarkerStream
-from pytest_aero_virtio.qemu.machine import VmSession
+from pytest_aero_virtio.qemu.session import VmSession
+from pytest_aero_virtio.stream import MarkerStream
 
 from .conftest import process_gone
 
@@ -57,7 +57,7 @@ def test_real_qemu_qmp_and_kill9(tmp_path: Path) -> None:
         assert ei.value.token == QEMU_EXITED
         assert "killed by signal 9 (SIGKILL)" in str(ei.value)
         assert session.returncode == -9
-    assert session.ended == "exited"
+    assert session.ending == "exited"
     assert process_gone(pid)
     assert '"execute": "query-status"' in session.artifacts.qmp.read_text()
 

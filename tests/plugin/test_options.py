@@ -49,20 +49,53 @@ def test_image_errors_say_what_is_wrong(tmp_path: Path) -> None:
 
 
 def test_vectors_device_option_overrides_global() -> None:
-    vec = o.vectors_from({"virtio_msix_vectors": "4", "virtio_net_vectors": "0"})
+    vec = o.vectors_from({"vm_msix_vectors": "4", "vm_net_vectors": "0"})
     assert vec == {"blk": 4, "net": 0, "input": 4, "snd": 4}
-    with pytest.raises(AeroConfigError, match="--virtio-blk-vectors"):
-        o.vectors_from({"virtio_blk_vectors": "-1"})
+    with pytest.raises(AeroConfigError, match="--vm-blk-vectors"):
+        o.vectors_from({"vm_blk_vectors": "-1"})
 
 
-def test_collect_prefers_command_line_then_ini_then_default() -> None:
-    cli = {"vm_memory": "1024", "qemu_extra_arg": ["-x"]}
-    ini = {"vm_memory": "256", "vm_smp": "2", "qemu_extra_args": ["-y"]}
-    values = o.collect(lambda d: cli.get(d), lambda k: ini.get(k))
+def test_collect_prefers_command_line_then_ini_then_default(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nvm_memory = 256\nvm_smp = 2\nqemu_extra_args = -y\nvm_artifacts = out\n")
+    config = pytester.parseconfigure("--vm-memory=1024", "--qemu-extra-arg=-cpu max")
+    values = o.collect(config)
     assert values["vm_memory"] == "1024"
     assert values["vm_smp"] == "2"
     assert values["vm_machine"] == "q35"
-    assert values["qemu_extra_args"] == ["-y", "-x"]
+    # split like a shell line on the command line and in the ini file alike
+    assert values["qemu_extra_args"] == ["-y", "-cpu", "max"]
+    # a relative path in the ini file is relative to that file
+    assert values["vm_artifacts"] == str(pytester.path / "out")
+
+
+def test_old_spellings_still_work_and_warn(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = pytester.parseconfigure("--follow-serial", "--virtio-net-vectors=0", "--blk-resize-delta-mib=8")
+    warned: list[Warning] = []
+    monkeypatch.setattr(config, "issue_config_time_warning", lambda w, stacklevel: warned.append(w))
+    values = o.collect(config)
+    assert sorted(str(w).split(" (")[0] for w in warned) == [
+        "--blk-resize-delta-mib",
+        "--follow-serial",
+        "--virtio-net-vectors",
+    ]
+    assert any("--follow-serial (ini follow_serial) is renamed --vm-follow-serial" in str(w) for w in warned)
+    assert all(isinstance(w, pytest.PytestDeprecationWarning) for w in warned)
+    assert values["vm_follow_serial"] is True
+    assert values["vm_net_vectors"] == "0"
+    assert values["vm_blk_resize_delta_mib"] == "8"
+
+
+def test_booleans_from_the_ini_file_can_be_switched_off(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nvm_follow_serial = true\n")
+    assert o.collect(pytester.parseconfigure())["vm_follow_serial"] is True
+    assert o.collect(pytester.parseconfigure("--no-vm-follow-serial"))["vm_follow_serial"] is False
+
+
+def test_old_spellings_are_hidden_from_help(pytester: pytest.Pytester) -> None:
+    out = pytester.runpytest("--help").stdout.str()
+    assert "--vm-follow-serial" in out and "--vm-msix-vectors" in out
+    assert "--follow-serial" not in out.replace("--vm-follow-serial", "").replace("--no-vm-follow-serial", "")
+    assert "--virtio-msix-vectors" not in out
 
 
 def test_every_option_has_an_ini_name_and_help() -> None:

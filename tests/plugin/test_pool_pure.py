@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pytest_aero_virtio.config import QemuCommand
 from pytest_aero_virtio.markers import Marker, parse_line
-from pytest_aero_virtio.pool import port_mismatch
 from pytest_aero_virtio.qemu.accel import kernel_ran, probe_argv, resolve_accel
+from pytest_aero_virtio.vm import port_mismatch
 
 
 def config_line(text: str) -> Marker:
@@ -34,6 +34,7 @@ def test_kvm_probe_reads_the_kernel_panic_as_alive() -> None:
 
 def test_explicit_accel_is_taken_and_auto_without_probe_kernel_is_tcg(tmp_path: Path) -> None:
     q = QemuCommand(Path("/nonexistent"))
-    assert resolve_accel("kvm", q, None, tmp_path) == "kvm"
-    assert resolve_accel("tcg", q, None, tmp_path) == "tcg"
-    assert resolve_accel("auto", q, None, tmp_path) == "tcg"
+    assert resolve_accel("kvm", q, None, tmp_path).name == "kvm"
+    assert resolve_accel("tcg", q, None, tmp_path).name == "tcg"
+    auto = resolve_accel("auto", q, None, tmp_path)
+    assert auto.name == "tcg" and auto.reason.startswith("auto: ")

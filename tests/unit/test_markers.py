@@ -8,15 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aero_virtio.errors import AeroFailure
-from pytest_aero_virtio.markers import (
-    HostMarker,
-    LineSplitter,
-    Marker,
-    MarkerStream,
-    parse_line,
-    qemu_exited,
-)
+from pytest_aero_virtio.errors import QEMU_EXITED, AeroFailure
+from pytest_aero_virtio.markers import HostMarker, LineSplitter, Marker, parse_line
+from pytest_aero_virtio.stream import MarkerStream
+
+
+def qemu_exited(message: str, stderr_tail: list[str] | None = None) -> AeroFailure:
+    return AeroFailure(QEMU_EXITED, "\n".join([message, *(stderr_tail or [])]))
+
 
 P = "AERO_VIRTIO_SELFTEST"
 
@@ -139,9 +138,9 @@ def test_parse_host_marker_line() -> None:
 
 def test_host_marker_line_sanitises_values() -> None:
     hm = HostMarker("VIRTIO_INPUT_EVENTS_INJECT", "FAIL", {"reason": "a|b\nc\r", "attempt": 1})  # type: ignore[dict-item]
-    assert hm.line() == "AERO_VIRTIO_WIN7_HOST|VIRTIO_INPUT_EVENTS_INJECT|FAIL|reason=a/bc|attempt=1"
+    assert hm.line() == "AERO_VIRTIO_WIN7_HOST|VIRTIO_INPUT_EVENTS_INJECT|FAIL|reason=a/b c|attempt=1"
     again = parse_line(hm.line())
-    assert isinstance(again, HostMarker) and dict(again.fields) == {"reason": "a/bc", "attempt": "1"}
+    assert isinstance(again, HostMarker) and dict(again.fields) == {"reason": "a/b c", "attempt": "1"}
 
 
 # --- MarkerStream --------------------------------------------------------------------------------------
@@ -176,16 +175,6 @@ def test_stream_history_latest_final_result() -> None:
     assert st.tests() == ["virtio-blk-resize", "virtio-blk-counters"]
     assert st.tail(1) == [f"{P}|RESULT|PASS"]
     assert st.tail()[0] == "SeaBIOS (version 1.16)"
-
-
-def test_feed_bytes_handles_split_reads() -> None:
-    st = MarkerStream()
-    data = f"noise\r\n{P}|TEST|virtio-net|PASS\r\n{P}|RES".encode()
-    found = st.feed_bytes(data[:10]) + st.feed_bytes(data[10:])
-    assert [m.raw for m in found] == [f"{P}|TEST|virtio-net|PASS"]
-    assert st.result is None
-    st.feed_bytes(b"ULT|PASS\n")
-    assert st.result is not None
 
 
 def test_subscribers_get_items_in_order_in_feeding_thread() -> None:

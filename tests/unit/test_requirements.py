@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 
 from pytest_aero_virtio.checks import BASE_CHECKS, lookup
-from pytest_aero_virtio.errors import AeroConfigError, AeroFailure
-from pytest_aero_virtio.markers import Marker, MarkerStream, parse_line, qemu_exited
+from pytest_aero_virtio.errors import QEMU_EXITED, AeroConfigError, AeroFailure
+from pytest_aero_virtio.markers import Marker, parse_line
 from pytest_aero_virtio.requirements import (
     describe,
     exit_code,
+    raise_first,
     require,
-    require_result,
     result_problems,
     verdict,
 )
+from pytest_aero_virtio.stream import MarkerStream
 
 P = "AERO_VIRTIO_SELFTEST"
 
@@ -98,7 +99,7 @@ def full_pass_stream(skip: tuple[str, ...] = ()) -> MarkerStream:
 def test_result_pass_with_every_base_marker_passes() -> None:
     st = full_pass_stream()
     st.feed_line(f"{P}|RESULT|PASS")
-    assert require_result(st.result, st.final, [lookup(n) for n in BASE_CHECKS]).status == "PASS"
+    raise_first(result_problems(st.result, st.final, [lookup(n) for n in BASE_CHECKS]))
 
 
 def test_old_guest_printing_only_result_cannot_pass() -> None:
@@ -107,7 +108,7 @@ def test_old_guest_printing_only_result_cannot_pass() -> None:
     problems = result_problems(st.result, st.final, BASE_CHECKS)
     assert [p.token for p in problems] == [f"MISSING_{n.upper().replace('-', '_')}" for n in BASE_CHECKS]
     with pytest.raises(AeroFailure) as info:
-        require_result(st.result, st.final, BASE_CHECKS)
+        raise_first(result_problems(st.result, st.final, BASE_CHECKS))
     assert info.value.token == "MISSING_VIRTIO_BLK"
     assert "RESULT|PASS arrived without a final virtio-blk marker" in info.value.message
     assert "MISSING_VIRTIO_NET" in info.value.message  # the others are listed too
@@ -118,7 +119,7 @@ def test_result_pass_with_a_skipped_opt_in() -> None:
     st.feed_line(f"{P}|TEST|virtio-blk-resize|SKIP|flag_not_set")
     st.feed_line(f"{P}|RESULT|PASS")
     with pytest.raises(AeroFailure) as info:
-        require_result(st.result, st.final, [*BASE_CHECKS, "virtio-blk-resize"])
+        raise_first(result_problems(st.result, st.final, [*BASE_CHECKS, "virtio-blk-resize"]))
     assert info.value.token == "VIRTIO_BLK_RESIZE_SKIPPED"
 
 
@@ -127,7 +128,7 @@ def test_result_fail_is_selftest_failed_naming_failures() -> None:
     st.feed_line(f"{P}|TEST|virtio-net|FAIL|reason=timeout")
     st.feed_line(f"{P}|RESULT|FAIL")
     with pytest.raises(AeroFailure) as info:
-        require_result(st.result, st.final, BASE_CHECKS, seen=st.markers)
+        raise_first(result_problems(st.result, st.final, BASE_CHECKS, seen=st.markers))
     assert info.value.token == "SELFTEST_FAILED"
     assert "failed: virtio-net" in info.value.message
     assert "VIRTIO_NET_FAILED" in info.value.message
@@ -149,7 +150,7 @@ def test_no_result() -> None:
         (AeroConfigError("bad option"), 2),
         (AeroFailure("QEMU_PCI_PREFLIGHT_FAILED", "x"), 2),
         (AeroFailure("UDP_PORT_MISMATCH", "x"), 2),
-        (qemu_exited("gone"), 3),
+        (AeroFailure(QEMU_EXITED, "gone"), 3),
         (AeroFailure("WAV_CHECK_FAILED", "x"), 4),
     ],
 )

@@ -1,0 +1,115 @@
+"""The life of a VM session, pure: its states and legal moves, how QEMU ended, the shutdown ladder's waits,
+and the failure that tells a reader why QEMU is gone.
+
+Kept apart from :mod:`.session` (the I/O) so the rules can be read and unit-tested on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+
+from ..errors import QEMU_EXITED, AeroFailure
+from .process import describe_status
+
+__all__ = ["TRANSITIONS", "Ending", "Runstate", "StateError", "StopTimeouts", "exit_failure"]
+
+
+class Runstate(Enum):
+    """Where a session is in its life."""
+
+    #: Constructed; nothing started.
+    IDLE = "idle"
+    #: Logs open, services starting, QEMU spawning, QMP handshake under way.
+    STARTING = "starting"
+    #: QMP negotiated; the guest runs.
+    RUNNING = "running"
+    #: QEMU exited by itself (guest poweroff, crash, panic); the stream is being closed with the reason.
+    EXITED = "exited"
+    #: The harness is shutting the VM down (the ladder), from any earlier state.
+    STOPPING = "stopping"
+    #: Everything closed: process reaped, loop ended, files and sockets closed. Final.
+    STOPPED = "stopped"
+
+
+#: The legal moves. A start that fails goes STARTING -> STOPPING (its cleanup is a stop); QEMU dying during
+#: start-up is reported by the start itself, so there is no STARTING -> EXITED.
+TRANSITIONS: Mapping[Runstate, frozenset[Runstate]] = {
+    Runstate.IDLE: frozenset({Runstate.STARTING, Runstate.STOPPED}),
+    Runstate.STARTING: frozenset({Runstate.RUNNING, Runstate.STOPPING}),
+    Runstate.RUNNING: frozenset({Runstate.EXITED, Runstate.STOPPING}),
+    Runstate.EXITED: frozenset({Runstate.STOPPING}),
+    Runstate.STOPPING: frozenset({Runstate.STOPPED}),
+    Runstate.STOPPED: frozenset(),
+}
+
+
+class Ending(StrEnum):
+    """How QEMU ended (written to shutdown.txt, shown in the run summary)."""
+
+    EXITED = "exited"  # on its own (the guest powered off, or QEMU died)
+    QUIT = "quit"  # QMP quit
+    TERM = "term"  # SIGTERM
+    KILL = "kill"  # SIGKILL
+    UNKILLABLE = "unkillable"  # still there after SIGKILL's wait (a kernel problem)
+    NOT_STARTED = "not-started"
+
+
+class StateError(RuntimeError):
+    """An illegal move of the session (a harness bug, never a guest problem)."""
+
+
+@dataclass(frozen=True)
+class StopTimeouts:
+    """Seconds each rung of the shutdown ladder waits for QEMU to exit."""
+
+    quit: float = 5.0
+    term: float = 3.0
+    kill: float = 5.0
+
+    @property
+    def total(self) -> float:
+        return self.quit + self.term + self.kill
+
+
+def exit_failure(
+    returncode: int | None,
+    *,
+    during_start: bool,
+    result_seen: bool,
+    stopped_how: str | None,
+    stderr_tail: Sequence[str],
+    artifacts: Mapping[str, Path] | None = None,
+) -> AeroFailure:
+    """The error that closes the marker stream when QEMU is gone; every pending wait raises it.
+
+    The token is always ``QEMU_EXITED`` (what CI greps for), but the message tells apart the cases a reader
+    must not confuse: QEMU refused to start (its stderr says why), QEMU died under a running guest, the
+    guest powered off after its RESULT line (normal - only waits for markers that never came fail), and the
+    harness stopped the VM itself.
+    """
+    status = describe_status(returncode)
+    tail = [f"qemu: {line}" for line in stderr_tail]
+    if stopped_how is not None:
+        message = f"the harness stopped QEMU ({stopped_how}, {status}); the awaited marker never came"
+        fix = None
+    elif during_start:
+        message = f"QEMU exited during start-up ({status})"
+        fix = (
+            "read QEMU's error below (an unknown device/property, a missing file, a busy port); "
+            "the full command line is in qemu-argv.txt"
+        )
+    elif result_seen:
+        message = (
+            f"QEMU exited ({status}) after the guest's RESULT line (normal end of the selftest); "
+            "the awaited marker never came"
+        )
+        fix = "the guest finished without printing it: check that the guest runs this check (serial.log)"
+    else:
+        message = f"QEMU exited unexpectedly ({status}) before the guest's RESULT line"
+        fix = "see QEMU's stderr below and qemu-stderr.log; a guest poweroff or panic before RESULT ends here"
+    if tail:
+        message += "\n" + "\n".join(tail)
+    return AeroFailure(QEMU_EXITED, message, fix, artifacts=artifacts)

@@ -1,0 +1,62 @@
+"""The silence watch: a guest that goes quiet is seen early, not at the end of a ten-minute run timeout.
+
+Every quiet stretch counts, not only the wait for the first byte: a guest that printed START and then hung
+(a blue screen, a dialog, a deadlocked driver) is as stuck as one that never printed. After ``warn_after``
+seconds of silence the owner is told once per quiet stretch (a terminal warning, a screenshot); after
+``timeout`` seconds the run of that VM is declared failed. A check that legitimately stays quiet longer
+says so with :meth:`SilenceWatch.allow_quiet`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+__all__ = ["SilenceWatch"]
+
+
+class SilenceWatch:
+    """Polls the time of the last output once a second on the VM loop (cheap, and exact enough)."""
+
+    def __init__(
+        self,
+        timeout: float,
+        last_output: Callable[[], float],
+        on_timeout: Callable[[float], None],
+        *,
+        warn_after: float | None = None,
+        on_warn: Callable[[float], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.timeout = timeout
+        self.warn_after = warn_after
+        self._last_output = last_output
+        self._on_timeout = on_timeout
+        self._on_warn = on_warn
+        self._poll_s = min(poll_s, timeout / 4)
+        self._quiet_ok_until = 0.0
+        self._warned_for: float | None = None
+
+    def allow_quiet(self, seconds: float) -> None:
+        """A check that legitimately prints nothing for a while: no silence counts for ``seconds`` from now."""
+        self._quiet_ok_until = max(self._quiet_ok_until, time.monotonic() + seconds)
+
+    def quiet_for(self, now: float | None = None) -> float:
+        """Seconds of silence that count (a permitted quiet period does not)."""
+        now = time.monotonic() if now is None else now
+        return now - max(self._last_output(), self._quiet_ok_until)
+
+    async def run(self) -> None:
+        """Until the timeout fires (then once ``on_timeout(quiet_s)``) or the task is cancelled."""
+        while True:
+            await asyncio.sleep(self._poll_s)
+            quiet = self.quiet_for()
+            if quiet >= self.timeout:
+                self._on_timeout(quiet)
+                return
+            if self.warn_after is not None and self._on_warn is not None and quiet >= self.warn_after:
+                stretch = self._last_output()
+                if self._warned_for != stretch:
+                    self._warned_for = stretch
+                    self._on_warn(quiet)

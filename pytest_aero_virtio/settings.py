@@ -1,0 +1,123 @@
+"""The run's settings: every option validated once, defaults resolved (the reference guest and QEMU).
+
+Why a module of its own: options are read in exactly one place, at collection, and every later layer gets
+frozen values (:class:`Settings`, :class:`~pytest_aero_virtio.config.RunOptions`) instead of asking pytest
+again. Errors name the option and the fix (:class:`AeroConfigError`), which the plugin turns into a usage
+error (exit code 4) before any VM boots.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import options as opts
+from .config import DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT, QemuCommand, RunOptions, Vectors
+from .errors import QEMU_NOT_FOUND, AeroConfigError
+
+__all__ = ["Settings", "resolve_qemu", "settings_from_config"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the options say, validated: RunOptions plus what only the plugin layer uses."""
+
+    options: RunOptions
+    vectors: Vectors
+    silence_timeout_s: float
+    guest_extra_args: tuple[str, ...]
+    blk_resize_delta: int
+    reference_guest: bool
+    follow_serial: bool = False
+
+
+def resolve_qemu(value: str | None) -> QemuCommand:
+    """``--qemu-system`` as a usable binary; none given means the pinned reference QEMU (provisioned now)."""
+    if value is None or value == "":
+        from .refenv.qemu import ensure_qemu
+
+        return QemuCommand(ensure_qemu())
+    found = shutil.which(value) if os.sep not in value else value
+    if found is None or not os.path.isfile(found):
+        raise AeroConfigError(
+            f"--qemu-system={value}: no such QEMU binary",
+            fix="install QEMU (apt-get install qemu-system-x86), pass its path, or omit the option to use "
+            "the pinned QEMU (aero-virtio-refenv qemu)",
+            token=QEMU_NOT_FOUND,
+        )
+    if not os.access(found, os.X_OK):
+        raise AeroConfigError(f"--qemu-system={found}: not executable", fix=f"chmod +x {found}", token=QEMU_NOT_FOUND)
+    return QemuCommand(Path(found).resolve())
+
+
+def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, str | None, bool]:
+    """(image, kernel, initrd, append, reference guest?): the reference guest when no image is given."""
+    image = opts.readable_file("--vm-image", raw["vm_image"])
+    kernel = opts.readable_file("--vm-kernel", raw["vm_kernel"])
+    initrd = opts.readable_file("--vm-initrd", raw["vm_initrd"])
+    append = raw["vm_append"] or None
+    direct = raw["vm_direct_boot"] == "on"
+    if image is not None:
+        if direct and kernel is None:
+            raise AeroConfigError(
+                "--vm-direct-boot=on boots the reference guest's kernel, but --vm-image names another guest",
+                fix="give that guest's kernel with --vm-kernel (and --vm-initrd/--vm-append), or drop --vm-direct-boot",
+            )
+        return image, kernel, initrd, append, False
+    from .refenv.image import ensure_image
+
+    ref = ensure_image()
+    if direct and kernel is None:
+        kernel, initrd, append = ref.kernel, ref.initrd, ref.append
+    return ref.disk, kernel, initrd, append, True
+
+
+def _run_options(raw: dict[str, Any]) -> tuple[RunOptions, bool]:
+    image, kernel, initrd, append, reference = _boot_files(raw)
+    return (
+        RunOptions(
+            qemu=resolve_qemu(raw["qemu_system"]),
+            image=image,
+            kernel=kernel,
+            initrd=initrd,
+            append=append,
+            memory_mib=opts.parse_int("--vm-memory", raw["vm_memory"], minimum=16) or 512,
+            smp=opts.parse_int("--vm-smp", raw["vm_smp"], minimum=1, maximum=64) or 1,
+            machine=str(raw["vm_machine"]),
+            accel=raw["vm_accel"],
+            timeout_s=opts.parse_seconds("--vm-timeout", raw["vm_timeout"]),
+            snapshot=raw["vm_snapshot"] != "off",
+            extra_args=tuple(raw["qemu_extra_args"]),
+            http_port=opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if reference else DEFAULT_HTTP_PORT),
+            udp_port=opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if reference else DEFAULT_UDP_PORT),
+            http_path=opts.parse_http_path(str(raw["vm_http_path"])),
+            artifacts_dir=Path(str(raw["vm_artifacts"])).expanduser().resolve(),
+            follow_serial=bool(raw["vm_follow_serial"]),
+            dry_run=bool(raw["vm_dry_run"]),
+        ),
+        reference,
+    )
+
+
+def settings_from_config(config: pytest.Config) -> Settings:
+    """Validate every option (clear errors naming the option and the fix) and resolve the defaults."""
+    raw = opts.collect(config)
+    for opt in opts.OPTIONS:
+        if opt.choices and raw[opt.ini] is not None:
+            opts.parse_choice(opt.flag, str(raw[opt.ini]), opt.choices)
+    run, reference = _run_options(raw)
+    delta_mib = opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1) or 64
+    return Settings(
+        options=run,
+        vectors=Vectors(**opts.vectors_from(raw)),
+        silence_timeout_s=opts.parse_seconds("--vm-silence-timeout", raw["vm_silence_timeout"]),
+        guest_extra_args=tuple(raw["vm_guest_args"]),
+        blk_resize_delta=delta_mib << 20,
+        reference_guest=reference,
+        follow_serial=run.follow_serial,
+    )

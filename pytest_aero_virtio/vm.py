@@ -1,0 +1,340 @@
+"""One planned VM of the run, wired: artifacts, marker stream, host services, QMP, reactions and the session.
+
+This is where a READY line's path is assembled, once, before QEMU starts::
+
+    plan (VmConfig.reactions) -> actions.reactions_for() -> Reactor(ActionContext(qmp=channel))
+    session: serial line -> stream.feed_line -> Reactor.on_marker -> reaction -> channel.execute -> QEMU
+
+The :class:`~pytest_aero_virtio.qemu.qmp.QmpChannel` is made here and given to both the reactions and the
+session, so there is no late binding. Host markers have one writer: the stream's subscriber that appends
+them to host-markers.log. A :class:`VmHandle` is booted by the pool when the first test needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .actions import vm_reactions
+from .actions.base import ActionContext, Reactor
+from .artifacts import ArtifactDir
+from .checks import GuestCheck, lookup
+from .config import RunOptions, VmConfig
+from .errors import UDP_PORT_MISMATCH, AeroConfigError, AeroFailure
+from .host.portlock import PortLocks
+from .host.services import HostServices
+from .markers import HostMarker, Marker, StreamItem
+from .plan import PlannedVm, guest_args, required_checks
+from .qemu.argv import ImageFormat, RuntimePaths, build_argv, detect_image_format, prepare_overlay
+from .qemu.caps import Caps
+from .qemu.qmp import QmpChannel
+from .qemu.session import VmSession
+from .settings import Settings
+from .stream import MarkerStream
+
+__all__ = ["WORKER", "VmHandle", "port_mismatch", "runtime_paths"]
+
+#: The xdist worker this process is (``main`` without xdist): part of artifact names, so workers never collide.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def runtime_paths(
+    settings: Settings,
+    config: VmConfig,
+    *,
+    accel: str,
+    http_port: int,
+    udp_port: int,
+    serial: int | str,
+    qmp: int | None,
+    wav_path: Path | None,
+    overlay: Path | None,
+    image_format: ImageFormat,
+) -> RuntimePaths:
+    """The launch-time facts of one VM, for a boot and for the dry run alike (one rule for each of them).
+
+    The wav file exists only for a VM with sound on the wav backend; the overlay only with snapshot on.
+    """
+    return RuntimePaths(
+        serial=serial,  # type: ignore[arg-type]
+        qmp=qmp,
+        wav_path=wav_path if config.snd and config.audio == "wav" else None,
+        guest_args=guest_args(
+            config,
+            http_port=http_port,
+            udp_port=udp_port,
+            http_path=settings.options.http_path,
+            extra=settings.guest_extra_args,
+        ),
+        accel=accel,
+        image_format=image_format,
+        overlay=overlay if settings.options.snapshot else None,
+    )
+
+
+def port_mismatch(config_marker: Marker, http_port: int, udp_port: int) -> str | None:
+    """Why the guest's CONFIG line does not match the host's services, or None (pure)."""
+    problems = []
+    udp = config_marker.get("udp_port")
+    if udp is not None and udp.isdigit() and int(udp) != udp_port:
+        problems.append(f"guest sends UDP to port {udp}, host echoes on {udp_port}")
+    url = config_marker.get("http_url")
+    if url is not None:
+        tail = url.split("://", 1)[-1].split("/", 1)[0]
+        port = tail.rsplit(":", 1)[1] if ":" in tail else "80"
+        if port.isdigit() and int(port) != http_port:
+            problems.append(f"guest fetches {url}, host serves HTTP on port {http_port}")
+    return "; ".join(problems) or None
+
+
+class VmHandle:
+    """One VM of the run: its session, stream, services and what the tests ask of it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        planned: PlannedVm,
+        caps: Caps,
+        accel: str,
+        follow: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.planned = planned
+        self.config = planned.config
+        self.caps = caps
+        self.accel = accel
+        prefix = "" if WORKER == "main" else f"{WORKER}-"
+        self.artifacts = ArtifactDir(settings.options.artifacts_dir, f"{prefix}{planned.id}")
+        self.stream = MarkerStream(log_paths=self.artifacts.paths())
+        self.stream.subscribe(self._write_host_marker)
+        self.stream.subscribe(self._check_config)
+        self.services = HostServices(
+            http_port=settings.options.http_port,
+            udp_port=settings.options.udp_port,
+            http_path=settings.options.http_path,
+            log_path=self.artifacts.http,
+        )
+        self.wav_path = self.artifacts.file("audio.wav") if self.config.snd and self.config.audio == "wav" else None
+        # The snapshot overlay takes the guest's writes: private and temporary, not an artifact.
+        self._private = Path(tempfile.mkdtemp(prefix="aero-vm-"))
+        self.overlay = self._private / "overlay.qcow2"
+        self.image_format: ImageFormat = "raw"
+        self._pci: dict[str, tuple[int, int]] | None = None
+        self._port_locks = PortLocks(
+            (settings.options.http_port, settings.options.udp_port), settings.options.timeout_s
+        )
+        qmp = QmpChannel(self.artifacts.name, self.artifacts.qmp)
+        ctx = ActionContext(
+            qmp=qmp, stream=self.stream, vm=self.config, caps=caps, blk_resize_delta=settings.blk_resize_delta
+        )
+        self.session = VmSession(
+            self._argv,
+            artifacts=self.artifacts,
+            stream=self.stream,
+            qmp=qmp,
+            services=self.services,
+            reactions=Reactor(ctx, vm_reactions(self.config)),
+            follow_serial=follow,
+            silence_timeout=settings.silence_timeout_s,
+            name=self.artifacts.name,
+        )
+        self.started_at = 0.0
+        self.deadline = 0.0
+
+    def __repr__(self) -> str:
+        return f"<VmHandle {self.planned.id} {self.planned.devices()} {self.session.state.value}>"
+
+    @property
+    def options(self) -> RunOptions:
+        return self.settings.options
+
+    @property
+    def http_port(self) -> int:
+        return self.services.http_port
+
+    @property
+    def udp_port(self) -> int:
+        return self.services.udp_port
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def _argv(self, serial_fd: int, qmp_fd: int) -> list[str]:
+        rt = runtime_paths(
+            self.settings,
+            self.config,
+            accel=self.accel,
+            http_port=self.services.http_port,
+            udp_port=self.services.udp_port,
+            serial=serial_fd,
+            qmp=qmp_fd,
+            wav_path=self.wav_path,
+            overlay=self.overlay,
+            image_format=self.image_format,
+        )
+        return build_argv(self.options, self.config, self.caps, rt)
+
+    def _prepare_disk(self) -> None:
+        image = self.options.image
+        if image is None:
+            return
+        if self.options.snapshot:
+            self.image_format = prepare_overlay(image, self.overlay)
+            return
+        with open(image, "rb") as fh:
+            self.image_format = detect_image_format(fh.read(512))
+
+    def start(self) -> None:
+        self._write_vm_json()
+        self._prepare_disk()
+        # Fixed ports (a Windows guest's) are taken in turn by this user's VMs; ephemeral ones need no lock.
+        self._port_locks.acquire()
+        self.started_at = time.monotonic()
+        self.deadline = self.started_at + self.options.timeout_s
+        try:
+            self.session.start()
+        except BaseException:
+            self._port_locks.release()
+            raise
+        # QEMU holds the overlay open: unlink it now, so no death of ours (SIGKILL, os._exit) can leave it.
+        self._remove_private()
+        with contextlib.suppress(AeroFailure):
+            self._pci = self._query_pci()
+
+    def stop(self) -> str:
+        try:
+            return self.session.stop().value
+        finally:
+            self._port_locks.release()
+            self._remove_private()
+            self._write_timeline()
+
+    def _remove_private(self) -> None:
+        shutil.rmtree(self._private, ignore_errors=True)
+
+    def _write_vm_json(self) -> None:
+        """vm.json: which planned VM this directory belongs to and which tests it served (for replays)."""
+        data = {"id": self.planned.id, "config": str(self.config), "tests": list(self.planned.tests)}
+        with contextlib.suppress(OSError):
+            self.artifacts.file("vm.json").write_text(json.dumps(data, indent=1) + "\n")
+
+    def _write_timeline(self) -> None:
+        """timeline.jsonl: every marker and host marker with its arrival time relative to QEMU's start.
+
+        It is what the benchmarks read (READY -> injection latency, time to RESULT) and what a reader
+        needs to see where a slow run spent its time.
+        """
+        if not self.started_at:
+            return
+        lines = []
+        for item in self.stream.history:
+            entry: dict[str, object] = {"t": round(item.t - self.started_at, 4)}
+            if isinstance(item, HostMarker):
+                entry.update(host=item.topic, status=item.status)
+            else:
+                entry.update(kind=item.kind, name=item.name, status=item.status)
+            lines.append(json.dumps(entry))
+        with contextlib.suppress(OSError):
+            self.artifacts.file("timeline.jsonl").write_text("".join(f"{line}\n" for line in lines))
+
+    # -- waits ----------------------------------------------------------------------------------------------
+    def remaining(self) -> float:
+        return max(0.1, self.deadline - time.monotonic())
+
+    def wait_final(self, name: str) -> Marker:
+        """The check's final marker. INFO ends the wait only for informational checks: a PASS check may
+        print INFO progress lines before its verdict."""
+        if lookup(name).expect == "info":
+            return self.stream.wait_final(name, self.remaining())
+        return self.stream.wait_final(name, self.remaining(), statuses=("PASS", "FAIL", "SKIP"))
+
+    def wait_result(self) -> Marker:
+        return self.stream.wait_result(self.remaining())
+
+    def wait_config(self) -> Marker:
+        return self.stream.wait_for(lambda m: m.kind == "CONFIG", self.remaining(), "the guest's CONFIG line")
+
+    def required_checks(self) -> list[GuestCheck]:
+        """Checks that must accompany RESULT|PASS on this VM (see :func:`plan.required_checks`)."""
+        return required_checks(self.config)
+
+    # -- host side ------------------------------------------------------------------------------------------
+    def serial_tail(self) -> list[str]:
+        return self.stream.tail()
+
+    def artifact_paths(self) -> dict[str, Path]:
+        return self.artifacts.paths(existing_only=True)
+
+    def host_markers(self) -> list[HostMarker]:
+        return self.stream.host_markers
+
+    def record_host(self, hm: HostMarker) -> None:
+        """A host-side check's outcome (the PCI preflight): into the stream, which logs it like any other."""
+        self.stream.add_host(hm)
+
+    def udp_datagrams(self) -> int:
+        return sum(1 for d in self.services.datagrams if d.echoed)
+
+    def http_statuses(self) -> list[tuple[str, str, int]]:
+        return [(r.method, r.path, r.status) for r in self.services.requests]
+
+    def qmp(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
+        return self.session.qmp(command, arguments)
+
+    def pci_devices(self) -> dict[str, tuple[int, int]]:
+        """qdev id -> (vendor, device) of every PCI function, from QMP ``query-pci`` at boot.
+
+        Read once right after QMP is up and kept: the PCI layout never changes, and a test asking after the
+        guest powered off (it does so after RESULT) must still get an answer."""
+        if self._pci is None:
+            self._pci = self._query_pci()
+        return self._pci
+
+    def _query_pci(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+
+        def walk(devices: list[dict[str, Any]]) -> None:
+            for dev in devices:
+                ident = dev.get("id", {})
+                qdev = dev.get("qdev_id") or ""
+                if qdev:
+                    out[qdev] = (int(ident.get("vendor", 0)), int(ident.get("device", 0)))
+                walk(dev.get("pci_bridge", {}).get("devices", []))
+
+        for bus in self.qmp("query-pci"):
+            walk(bus.get("devices", []))
+        return out
+
+    def finish_for_wav(self) -> Path:
+        """Wait for the guest's RESULT and for QEMU to exit (a clean exit writes the WAV header)."""
+        if self.wav_path is None:
+            raise AeroConfigError("this VM has no wav audio backend", fix="mark the test aero_check(audio='wav')")
+        self.stream.wait_result(self.remaining())
+        if self.session.wait_exit(min(30.0, self.remaining())) is None:
+            self.session.stop()  # QMP quit first: still a clean exit, so the header is written
+        return self.wav_path
+
+    # -- stream subscribers (on the VM loop) --------------------------------------------------------------
+    def _write_host_marker(self, item: StreamItem) -> None:
+        """The one writer of host-markers.log (subscribers run in order, one at a time: no lock needed)."""
+        if isinstance(item, HostMarker):
+            with open(self.artifacts.host_markers, "a", encoding="utf-8") as fh:
+                fh.write(item.line() + "\n")
+
+    def _check_config(self, item: StreamItem) -> None:
+        if isinstance(item, Marker) and item.kind == "CONFIG":
+            why = port_mismatch(item, self.services.http_port, self.services.udp_port)
+            if why is not None:
+                self.stream.close(
+                    AeroFailure(
+                        UDP_PORT_MISMATCH,
+                        why,
+                        fix="the guest's ports are fixed by its provisioning: pass --vm-http-port/--vm-udp-port "
+                        "with the guest's ports, or re-provision the guest",
+                    )
+                )
