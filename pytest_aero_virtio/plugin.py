@@ -26,7 +26,7 @@ from .plan import ItemNeeds, PlannedVm, make_plan
 from .pool import VmPool
 from .qemu.process import kill_all
 from .report.dryrun import dry_run_lines
-from .report.terminal import follower, header_lines, summary_lines
+from .report.terminal import header_lines, summary_lines, terminal_writer
 from .run import AeroRun
 from .settings import settings_from_config
 from .testing import AeroDevice, AeroVm
@@ -193,8 +193,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 continue
             planned.append((item.nodeid, needs))
         run.plan = make_plan(planned, default_vectors=run.settings.vectors)
-        if run.settings.follow_serial:
-            run.follow = follower(terminal_fd(config))
+        run.say = terminal_writer(terminal_fd(config))
     except AeroError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[_RUN_KEY] = run

@@ -25,7 +25,8 @@ class AeroRun:
 
     settings: Settings
     plan: Plan | None = None
-    follow: Callable[[str], None] | None = None
+    #: Writes a line to the user's terminal past pytest's capture (None when there is no terminal to use).
+    say: Callable[[str], None] | None = None
     dry_run_lines: list[str] = field(default_factory=list)
     started_pool: VmPool | None = None
     _caps: Caps | None = None
@@ -61,7 +62,8 @@ class AeroRun:
 
     def pool(self) -> VmPool:
         if self.started_pool is None:
-            self.started_pool = VmPool(self.settings, self.caps(), lambda: self.accel().name, self.follow)
+            follow = self.say if self.settings.follow_serial else None
+            self.started_pool = VmPool(self.settings, self.caps(), lambda: self.accel().name, follow)
         return self.started_pool
 
     def planned(self, nodeid: str) -> PlannedVm | None:

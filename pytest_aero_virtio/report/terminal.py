@@ -14,18 +14,19 @@ from ..pool import VmPool
 from ..run import AeroRun
 from ..vm import WORKER
 
-__all__ = ["follower", "header_lines", "summary_lines"]
+__all__ = ["header_lines", "summary_lines", "terminal_writer"]
 
 
-def follower(fd: int) -> Callable[[str], None]:
-    """Echo serial lines live to ``fd`` (the terminal, past pytest's capture), prefixed with the xdist worker."""
+def terminal_writer(fd: int) -> Callable[[str], None]:
+    """Write lines live to ``fd`` (the terminal pytest started on, past its capture), prefixed with the xdist
+    worker: the followed serial port, progress and warnings reach the user while a test runs, also under -n."""
     prefix = f"[{WORKER}] " if WORKER != "main" else ""
 
-    def follow(line: str) -> None:
+    def write(line: str) -> None:
         with contextlib.suppress(OSError):
             os.write(fd, f"{prefix}{line}\n".encode(errors="replace"))
 
-    return follow
+    return write
 
 
 def _vm_lines(vm: PlannedVm, verbose: bool) -> list[str]:
