@@ -21,6 +21,8 @@ from pathlib import Path
 __all__ = [
     "ALL_FIXED_TOKENS",
     "CONFIG_ERROR",
+    "HOST_HTTP_NOT_SEEN",
+    "HOST_UDP_NOT_SEEN",
     "IMAGE_UNREADABLE",
     "MIRROR_FAILED",
     "MISSING_MARKER",
@@ -43,6 +45,8 @@ __all__ = [
     "AeroConfigError",
     "AeroError",
     "AeroFailure",
+    "EvidenceMissing",
+    "bad_field_token",
     "failed_token",
     "host_status_token",
     "missing_host_token",
@@ -78,6 +82,10 @@ NO_SERIAL_OUTPUT = "NO_SERIAL_OUTPUT"
 VM_BOOT_FAILED = "VM_BOOT_FAILED"
 #: The diagnostic mirror of guest fields failed (a harness bug; never decides a verdict).
 MIRROR_FAILED = "MIRROR_FAILED"
+#: The host's UDP echo did not see what a passing guest claims it sent.
+HOST_UDP_NOT_SEEN = "HOST_UDP_NOT_SEEN"
+#: The host's HTTP server did not see the request a passing guest claims it made.
+HOST_HTTP_NOT_SEEN = "HOST_HTTP_NOT_SEEN"
 #: A generic wait (not for a named check) ended with the guest's RESULT line and no match.
 MISSING_MARKER = "MISSING_MARKER"
 
@@ -103,6 +111,8 @@ ALL_FIXED_TOKENS: frozenset[str] = frozenset(
         VM_BOOT_FAILED,
         MISSING_MARKER,
         MIRROR_FAILED,
+        HOST_UDP_NOT_SEEN,
+        HOST_HTTP_NOT_SEEN,
     }
 )
 
@@ -132,6 +142,12 @@ def failed_token(test_name: str) -> str:
 def skipped_token(test_name: str) -> str:
     """``"virtio-input-events"`` -> ``VIRTIO_INPUT_EVENTS_SKIPPED``."""
     return token_for(test_name, "SKIPPED")
+
+
+def bad_field_token(name: str) -> str:
+    """``"virtio-net"`` -> ``VIRTIO_NET_BAD_FIELD``: a marker of that check (or host topic) lacks a field a test
+    reads, or carries one that is empty, not a number, out of range, or not the value the test requires."""
+    return token_for(name, "BAD_FIELD")
 
 
 def missing_host_token(topic: str) -> str:
@@ -229,3 +245,8 @@ class AeroFailure(AeroError):
         if self.artifacts:
             text += "\nartifacts:\n" + "\n".join(f"  {name}: {path}" for name, path in sorted(self.artifacts.items()))
         return text
+
+
+class EvidenceMissing(Exception):
+    """A replayed run (``--vm-replay``) did not record what a check needs (an HTTP log, QMP, the WAV): the test
+    is skipped with this reason, never failed - nothing was observed, so nothing can be judged."""

@@ -12,11 +12,14 @@ Times (``Marker.t``) are ``time.monotonic()`` seconds at receipt, so latencies c
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from .errors import AeroFailure, bad_field_token
 
 __all__ = [
     "FINAL_STATUSES",
@@ -24,6 +27,7 @@ __all__ = [
     "HOST_PREFIX",
     "MAX_LINE",
     "VERDICTS",
+    "FieldReader",
     "HostMarker",
     "LineSplitter",
     "Marker",
@@ -103,8 +107,84 @@ def _freeze(fields: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(fields))
 
 
+class FieldReader:
+    """Typed, checked reads of a marker's ``key=value`` fields: a missing, empty, non-numeric, huge or
+    unexpected value is a tokened failure (``<NAME>_BAD_FIELD: large_fnv1a64 missing in <line>``), never a
+    ``KeyError``/``ValueError``/bare ``AssertionError`` - a guest the plugin was not written for gets a message
+    that says what is wrong with its line."""
+
+    fields: Mapping[str, str]
+
+    @property
+    def raw(self) -> str:
+        raise NotImplementedError
+
+    def _who(self) -> str:
+        raise NotImplementedError
+
+    def bad(self, what: str) -> AeroFailure:
+        """The failure for this marker: ``<NAME>_BAD_FIELD: <what> in <line>``."""
+        return AeroFailure(
+            bad_field_token(self._who()),
+            f"{what} in {self.raw[:300]}",
+            fix="the guest's line does not carry what this test checks: see the protocol's fields for the check",
+        )
+
+    def has(self, key: str) -> bool:
+        return key in self.fields
+
+    def text(self, key: str) -> str:
+        """A field that must be present and non-empty."""
+        value = self.fields.get(key)
+        if value is None:
+            raise self.bad(f"{key} missing")
+        if not value.strip():
+            raise self.bad(f"{key} empty")
+        return value
+
+    def integer(self, key: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        """A whole number (decimal or 0x-hex) within the bounds given."""
+        raw = self.text(key)
+        try:
+            value = int(raw, 0) if raw.lower().startswith("0x") else int(raw, 10)
+        except ValueError:  # also a number too long to convert (Python limits int() of a huge string)
+            raise self.bad(f"{key}={raw[:40]!r} is not a whole number") from None
+        self._bounds(key, value, minimum, maximum)
+        return value
+
+    def number(self, key: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+        """A finite decimal number within the bounds given."""
+        raw = self.text(key)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise self.bad(f"{key}={raw[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise self.bad(f"{key}={raw[:40]!r} is not a finite number")
+        self._bounds(key, value, minimum, maximum)
+        return value
+
+    def _bounds(self, key: str, value: float, minimum: float | None, maximum: float | None) -> None:
+        if minimum is not None and value < minimum:
+            raise self.bad(f"{key}={value:g} is below {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise self.bad(f"{key}={value:g} is above {maximum:g}")
+
+    def expect(self, key: str, wanted: str) -> str:
+        """A field that must equal ``wanted`` (compared as text, case-insensitive)."""
+        value = self.text(key)
+        if value.lower() != wanted.lower():
+            raise self.bad(f"{key}={value[:80]!r}, expected {wanted!r}")
+        return value
+
+    def require(self, ok: bool, what: str) -> None:
+        """A relation between fields (or with the host's facts) that must hold; ``what`` says which."""
+        if not ok:
+            raise self.bad(what)
+
+
 @dataclass(frozen=True)
-class Marker:
+class Marker(FieldReader):
     """One guest line ``AERO_VIRTIO_SELFTEST|<kind>|...``.
 
     ``kind`` is START, CONFIG, TEST, RESULT (or anything a newer guest invents). For TEST, ``name`` and
@@ -132,6 +212,9 @@ class Marker:
     def __str__(self) -> str:
         return self.raw
 
+    def _who(self) -> str:
+        return self.name or self.kind
+
 
 _UNSAFE = re.compile(r"[|\r\n]+")
 
@@ -147,7 +230,7 @@ def clean_host_value(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class HostMarker:
+class HostMarker(FieldReader):
     """What the host saw or did: ``AERO_VIRTIO_WIN7_HOST|<TOPIC>|<STATUS>|k=v...``."""
 
     topic: str
@@ -179,6 +262,9 @@ class HostMarker:
     @property
     def raw(self) -> str:
         return self.line()
+
+    def _who(self) -> str:
+        return self.topic
 
     def __str__(self) -> str:
         return self.line()

@@ -21,7 +21,7 @@ from . import options as opts
 from ._pytest_internals import set_node_id, terminal_fd
 from .checks import CATALOG, Device, lookup
 from .config import Vectors
-from .errors import AeroError
+from .errors import AeroError, AeroFailure, EvidenceMissing
 from .plan import ItemNeeds, PlannedVm, make_plan
 from .pool import VmPool
 from .qemu.process import kill_all
@@ -233,6 +233,31 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     report: test names stay the same with and without ``-n`` (CI histories key on them)."""
     if _GROUP_SUFFIX in report.nodeid and "PYTEST_XDIST_WORKER" not in os.environ:
         report.nodeid = report.nodeid.split(_GROUP_SUFFIX, 1)[0]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """An error the plugin raised in a test body becomes one clean report: ``FAIL: <TOKEN>: ...`` with the
+    VM's serial tail and artifact paths, once (raised outside the ``except``, so no chained repeat); a replay
+    without the evidence a check needs skips it."""
+    failure: str | None = None
+    skip: str | None = None
+    try:
+        return (yield)
+    except AeroFailure as exc:
+        vm = (
+            next((v for v in item.funcargs.values() if isinstance(v, AeroVm)), None)
+            if hasattr(item, "funcargs")
+            else None
+        )
+        failure = str(exc.with_context(vm.handle.serial_tail(), vm.handle.artifact_paths()) if vm else exc)
+    except AeroError as exc:
+        failure = str(exc)
+    except EvidenceMissing as exc:
+        skip = str(exc)
+    if skip is not None:
+        pytest.skip(skip)
+    pytest.fail(failure or "", pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,15 +1,15 @@
 """What a test of ``vmm_flows`` talks to: :class:`AeroVm` (one VM, seen from one test) and :class:`AeroDevice`.
 
-Every assertion helper here fails the test with the protocol's token first (``FAIL: VIRTIO_BLK_RESIZE_SKIPPED:
-...``), the tail of the serial log and the artifact paths, and records what it saw as JUnit properties
-(the marker's fields, the serial log path, the host markers), so a CI reader needs nothing but the report.
+Every assertion helper here raises the protocol's tokened error (``FAIL: VIRTIO_BLK_RESIZE_SKIPPED: ...``);
+the plugin turns an error escaping a test into one clean failure with the tail of the serial log and the
+artifact paths. What a helper saw is recorded as JUnit properties (the marker's fields, the serial log path,
+the host markers), so a CI reader needs nothing but the report.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -19,10 +19,11 @@ from .actions import topics
 from .audio import WavFigures, analyse_wav, check_tone
 from .checks import Device, lookup
 from .errors import (
+    HOST_HTTP_NOT_SEEN,
+    HOST_UDP_NOT_SEEN,
     QEMU_PCI_PREFLIGHT_FAILED,
     WAV_CHECK_FAILED,
     AeroConfigError,
-    AeroError,
     AeroFailure,
     host_status_token,
     missing_host_token,
@@ -54,17 +55,6 @@ VIRTIO_VENDOR = 0x1AF4
 def expected_irq_mode(vectors: int | None) -> str:
     """The interrupt mode a guest must report for a device given ``vectors`` (0 forces INTx)."""
     return "intx" if vectors == 0 else "msix"
-
-
-@contextmanager
-def _verdict(vm: AeroVm) -> Iterator[None]:
-    """Turn an AeroError into a pytest failure whose first line is ``FAIL: TOKEN: message``."""
-    try:
-        yield
-    except AeroFailure as exc:
-        pytest.fail(str(exc.with_context(vm.handle.serial_tail(), vm.handle.artifact_paths())), pytrace=False)
-    except AeroError as exc:
-        pytest.fail(str(exc), pytrace=False)
 
 
 def test_checks(node: pytest.Item) -> tuple[str, ...]:
@@ -136,29 +126,23 @@ class AeroVm:
         return self._expect(name, "info")
 
     def _expect(self, name: str | None, expect: requirements.Expect, device: str | None = None) -> Marker:
-        with _verdict(self):
-            check = self.check_name(name, device)
-            marker = self.handle.wait_final(check)
-            requirements.require(lookup(check), marker, expect=expect)
-            self._record_marker(marker)
-            return marker
-        raise AssertionError("unreachable")  # pragma: no cover
+        check = self.check_name(name, device)
+        marker = self.handle.wait_final(check)
+        requirements.require(lookup(check), marker, expect=expect)
+        self._record_marker(marker)
+        return marker
 
     def expect_result(self) -> Marker:
         """``RESULT|PASS`` plus the per-test markers that must accompany it (base checks + this VM's opt-ins)."""
-        with _verdict(self):
-            result = self.handle.wait_result()
-            stream = self.handle.stream
-            requirements.raise_first(requirements.result_problems(result, stream.final, self.handle.required_checks()))
-            self._record("result", result.raw)
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        result = self.handle.wait_result()
+        stream = self.handle.stream
+        requirements.raise_first(requirements.result_problems(result, stream.final, self.handle.required_checks()))
+        self._record("result", result.raw)
+        return result
 
     def expect_config(self) -> Marker:
         """The guest's CONFIG line (it comes first, right after START)."""
-        with _verdict(self):
-            return self.handle.wait_config()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.handle.wait_config()
 
     def expect_host(self, topic: str, status: str) -> HostMarker:
         """The latest host marker of ``topic`` must have ``status`` (host markers record what the host did)."""
@@ -170,23 +154,21 @@ class AeroVm:
             if any(h.status == status for h in found) or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
-        with _verdict(self):
-            if not found:
-                raise AeroFailure(
-                    missing_host_token(topic),
-                    f"the host never recorded {topic}; see {self.handle.artifacts.host_markers}",
-                )
-            matching = [h for h in found if h.status == status]
-            chosen = matching[-1] if matching else found[-1]
-            self._record(f"host.{topic}.{chosen.status}", chosen.line())
-            if not matching:
-                seen = ", ".join(h.line() for h in found)
-                raise AeroFailure(
-                    host_status_token(topic, chosen.status),
-                    f"the host never recorded {status}; it recorded: {seen}",
-                )
-            return chosen
-        raise AssertionError("unreachable")  # pragma: no cover
+        if not found:
+            raise AeroFailure(
+                missing_host_token(topic),
+                f"the host never recorded {topic}; see {self.handle.artifacts.host_markers}",
+            )
+        matching = [h for h in found if h.status == status]
+        chosen = matching[-1] if matching else found[-1]
+        self._record(f"host.{topic}.{chosen.status}", chosen.line())
+        if not matching:
+            seen = ", ".join(h.line() for h in found)
+            raise AeroFailure(
+                host_status_token(topic, chosen.status),
+                f"the host never recorded {status}; it recorded: {seen}",
+            )
+        return chosen
 
     def host_markers(self, topic: str | None = None) -> list[HostMarker]:
         return [h for h in self.handle.host_markers() if topic is None or h.topic == topic]
@@ -200,11 +182,32 @@ class AeroVm:
         """(method, path, status) of every HTTP request the host served for this VM."""
         return self.handle.http_statuses()
 
+    def expect_udp_echoes(self, minimum: int) -> int:
+        """The host's UDP echo must have answered at least ``minimum`` datagrams (a passing guest sent them)."""
+        echoed = self.handle.udp_datagrams()
+        if echoed < minimum:
+            raise AeroFailure(
+                HOST_UDP_NOT_SEEN,
+                f"the guest passed its UDP check, but the host's echo answered {echoed} datagram(s), "
+                f"not at least {minimum}; see {self.handle.artifacts.http}",
+                fix="is the guest echoing against another host or port (its CONFIG line), or faking the result?",
+            )
+        return echoed
+
+    def expect_http(self, method: str, path: str, status: int = 200) -> None:
+        """The host's HTTP server must have answered ``method path`` with ``status``."""
+        seen = self.handle.http_statuses()
+        if (method, path, status) not in seen:
+            saw = ", ".join(f"{m} {p} {s}" for m, p, s in seen[:10]) or "no request at all"
+            raise AeroFailure(
+                HOST_HTTP_NOT_SEEN,
+                f"the guest passed, but the host's HTTP log has no {method} {path} answered {status}; it saw: {saw}",
+                fix="the guest must fetch the URL of its CONFIG line from the host (10.0.2.2); see http.log",
+            )
+
     def qmp(self, command: str, **arguments: Any) -> Any:
         """Run a QMP command on this VM (on its event loop) and return QEMU's answer."""
-        with _verdict(self):
-            return self.handle.qmp(command, arguments or None)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self.handle.qmp(command, arguments or None)
 
     def pci_preflight(self, expected: Mapping[str, int], mode: str = "modern") -> None:
         """QEMU's ``query-pci`` must show our devices with the virtio vendor and the expected device IDs.
@@ -212,37 +215,32 @@ class AeroVm:
         ``query-pci`` has no revision field and no MSI-X state (PROTOCOL.md section 6), so IDs are all a
         host-side preflight can check honestly.
         """
-        with _verdict(self):
-            seen = self.handle.pci_devices()
-            problems: list[str] = []
-            for qdev_id, device_id in expected.items():
-                dev = seen.get(qdev_id)
-                if dev is None:
-                    problems.append(f"{qdev_id}: not on the PCI bus")
-                elif dev != (VIRTIO_VENDOR, device_id):
-                    problems.append(
-                        f"{qdev_id}: {dev[0]:04x}:{dev[1]:04x}, expected {VIRTIO_VENDOR:04x}:{device_id:04x}"
-                    )
-            status = "FAIL" if problems else "PASS"
-            devices = ",".join(f"{d:04x}" for d in expected.values())
-            self.handle.record_host(
-                HostMarker(topics.PCI_PREFLIGHT, status, {"mode": mode, "vendor": "1af4", "devices": devices})
-            )
-            if problems:
-                raise AeroFailure(QEMU_PCI_PREFLIGHT_FAILED, "; ".join(problems))
+        seen = self.handle.pci_devices()
+        problems: list[str] = []
+        for qdev_id, device_id in expected.items():
+            dev = seen.get(qdev_id)
+            if dev is None:
+                problems.append(f"{qdev_id}: not on the PCI bus")
+            elif dev != (VIRTIO_VENDOR, device_id):
+                problems.append(f"{qdev_id}: {dev[0]:04x}:{dev[1]:04x}, expected {VIRTIO_VENDOR:04x}:{device_id:04x}")
+        status = "FAIL" if problems else "PASS"
+        devices = ",".join(f"{d:04x}" for d in expected.values())
+        self.handle.record_host(
+            HostMarker(topics.PCI_PREFLIGHT, status, {"mode": mode, "vendor": "1af4", "devices": devices})
+        )
+        if problems:
+            raise AeroFailure(QEMU_PCI_PREFLIGHT_FAILED, "; ".join(problems))
 
     def check_wav(self, expect_hz: float = 440.0) -> WavFigures:
         """Let the VM finish (the WAV header is written on a clean QEMU exit), then check the recording."""
-        with _verdict(self):
-            path = self.handle.finish_for_wav()
-            figures = analyse_wav(path)
-            for key, value in figures.as_properties().items():
-                self._record(f"wav.{key}", value)
-            problems = check_tone(figures, expect_hz=expect_hz)
-            if problems:
-                raise AeroFailure(WAV_CHECK_FAILED, f"{path}: " + "; ".join(problems))
-            return figures
-        raise AssertionError("unreachable")  # pragma: no cover
+        path = self.handle.finish_for_wav()
+        figures = analyse_wav(path)
+        for key, value in figures.as_properties().items():
+            self._record(f"wav.{key}", value)
+        problems = check_tone(figures, expect_hz=expect_hz)
+        if problems:
+            raise AeroFailure(WAV_CHECK_FAILED, f"{path}: " + "; ".join(problems))
+        return figures
 
     # -- JUnit ------------------------------------------------------------------------------------------------
     def _record(self, key: str, value: object) -> None:

@@ -16,16 +16,16 @@ def test_input_pci_preflight(virtio_input: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-input-bind")
 def test_virtio_input_bind(virtio_input: AeroDevice) -> None:
+    """Keyboard and mouse always bind, plus the tablet when this VM has one."""
     m = virtio_input.expect_pass()
-    if "devices" in m.fields:
-        # keyboard + mouse always, + tablet when this VM has one
-        assert int(m["devices"]) >= 2 + int(virtio_input.vm.config.tablet), m.raw
+    if m.has("devices"):
+        m.integer("devices", minimum=2 + int(virtio_input.vm.config.tablet))
 
 
 @pytest.mark.aero_check("virtio-input-binding")
 def test_virtio_input_binding(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass()
-    assert m.get("service"), f"the guest must name the bound driver service: {m.raw}"
+    """The guest names the driver service bound to the devices."""
+    virtio_input.expect_pass().text("service")
 
 
 @pytest.mark.aero_check("virtio-input")
@@ -41,8 +41,7 @@ def test_virtio_input_tablet(virtio_input: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-input-msix")
 def test_virtio_input_msix(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass()
-    assert m.get("mode") == expected_irq_mode(virtio_input.vm.config.vectors.input), m.raw
+    virtio_input.expect_pass().expect("mode", expected_irq_mode(virtio_input.vm.config.vectors.input))
 
 
 @pytest.mark.aero_check("virtio-input-led")
@@ -53,5 +52,4 @@ def test_virtio_input_led(virtio_input: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-input-leds")
 def test_virtio_input_leds(virtio_input: AeroDevice) -> None:
-    m = virtio_input.expect_pass()
-    assert int(m.get("writes", "0")) > 0, m.raw
+    virtio_input.expect_pass().integer("writes", minimum=1)

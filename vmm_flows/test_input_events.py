@@ -14,20 +14,19 @@ pytestmark = pytest.mark.virtio_input
 def test_virtio_input_events(virtio_input: AeroDevice) -> None:
     """Key ``a``, a relative move and a left click, injected the moment the guest is READY."""
     virtio_input.expect_pass()
-    inject = virtio_input.vm.expect_host(topics.INPUT_EVENTS_INJECT, "PASS")
-    assert inject.fields.get("backend") == "qmp_input_send_event", inject.line()
+    virtio_input.vm.expect_host(topics.INPUT_EVENTS_INJECT, "PASS").expect("backend", "qmp_input_send_event")
 
 
 @pytest.mark.aero_check("virtio-input-wheel")
 def test_virtio_input_wheel(virtio_input: AeroDevice) -> None:
     """Wheel motion arrives as QEMU wheel buttons and reads as REL_WHEEL/REL_HWHEEL in the guest."""
     m = virtio_input.expect_pass()
-    if "wheel_total" in m.fields:
-        assert int(m["wheel_total"]) != 0, m.raw
-    # A virtio mouse without REL_HWHEEL (QEMU before it mapped wheel-left/right) cannot report it: the guest
-    # says so with hwheel=unsupported, and only then is a zero horizontal total acceptable.
-    if "hwheel_total" in m.fields and m.get("hwheel") != "unsupported":
-        assert int(m["hwheel_total"]) != 0, m.raw
+    if m.has("wheel_total"):
+        m.require(m.integer("wheel_total") != 0, "wheel_total=0: no vertical wheel motion reached the guest")
+    # A virtio mouse without REL_HWHEEL (QEMU does not map wheel-left/right) cannot report it: the guest says so
+    # with hwheel=unsupported, and only then is a zero horizontal total acceptable.
+    if m.has("hwheel_total") and m.get("hwheel") != "unsupported":
+        m.require(m.integer("hwheel_total") != 0, "hwheel_total=0 although the guest's mouse supports it")
 
 
 @pytest.mark.aero_check("virtio-input-events-modifiers")

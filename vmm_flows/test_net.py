@@ -19,24 +19,24 @@ def test_net_pci_preflight(virtio_net: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-net-udp")
 def test_virtio_net_udp(virtio_net: AeroDevice) -> None:
+    """UDP echo of a 32-byte and a 1400-byte datagram; the host's echo really saw them."""
     m = virtio_net.expect_pass()
-    if "bytes" in m.fields:
-        assert int(m["bytes"]) == 1400, m.raw
-    # The host's UDP echo really saw the guest's datagrams.
-    assert virtio_net.vm.udp_datagrams() >= 2
+    if m.has("bytes"):
+        m.require(m.integer("bytes") == 1400, f"bytes={m.get('bytes')}, expected the 1400-byte datagram")
+    virtio_net.vm.expect_udp_echoes(2)
 
 
 @pytest.mark.aero_check("virtio-net")
 def test_virtio_net(virtio_net: AeroDevice) -> None:
     """HTTP GET, the 1 MiB download (FNV-1a 64 checked by the guest) and the 1 MiB upload (SHA-256 on the host)."""
     m = virtio_net.expect_pass()
-    if "large_ok" in m.fields:
-        assert m["large_ok"] == "1" and int(m["large_bytes"]) == 1 << 20, m.raw
-        assert m["large_fnv1a64"].lower() == LARGE_FNV1A64, m.raw
-    if "upload_ok" in m.fields:
-        assert m["upload_ok"] == "1", m.raw
-    statuses = virtio_net.vm.http_statuses()
-    assert ("GET", virtio_net.vm.options.http_path, 200) in statuses, statuses
+    if m.has("large_ok"):
+        m.expect("large_ok", "1")
+        m.require(m.integer("large_bytes") == 1 << 20, f"large_bytes={m.get('large_bytes')}, expected 1048576")
+        m.expect("large_fnv1a64", LARGE_FNV1A64)
+    if m.has("upload_ok"):
+        m.expect("upload_ok", "1")
+    virtio_net.vm.expect_http("GET", virtio_net.vm.options.http_path, 200)
 
 
 @pytest.mark.aero_check("virtio-net-udp-dns")
@@ -51,8 +51,7 @@ def test_virtio_net_offload_csum(virtio_net: AeroDevice) -> None:
 
 @pytest.mark.aero_check("virtio-net-msix")
 def test_virtio_net_msix(virtio_net: AeroDevice) -> None:
-    m = virtio_net.expect_pass()
-    assert m.get("mode") == expected_irq_mode(virtio_net.vm.config.vectors.net), m.raw
+    virtio_net.expect_pass().expect("mode", expected_irq_mode(virtio_net.vm.config.vectors.net))
 
 
 @pytest.mark.aero_check("virtio-net-link-flap")
@@ -69,7 +68,7 @@ def _offload_counter(virtio_net: AeroDevice, counter: str) -> None:
             f"{counter}: the device offered no TX checksum offload ({m.raw.split('|', 4)[-1]}); QEMU's user "
             "networking has no vnet header, so it never does - run with a tap/vhost backend to require it"
         )
-    assert int(m.get(counter, "0")) > 0, f"offload is on but no packet used it: {m.raw}"
+    m.require(m.integer(counter, minimum=0) > 0, f"offload is on but no packet used it ({counter}=0)")
 
 
 @pytest.mark.aero_check("virtio-net-offload-csum")

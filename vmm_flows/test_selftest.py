@@ -17,10 +17,11 @@ def test_selftest_result(aero_vm: AeroVm) -> None:
 def test_guest_config_matches_host(aero_vm: AeroVm) -> None:
     """The guest's CONFIG line names the ports the host serves (a mismatch fails at once, UDP_PORT_MISMATCH)."""
     m = aero_vm.expect_config()
-    if "udp_port" in m.fields:
-        assert int(m["udp_port"]) == aero_vm.udp_port, m.raw
-    if "http_url" in m.fields:
-        assert m["http_url"].endswith(f":{aero_vm.http_port}{aero_vm.options.http_path}"), m.raw
+    if m.has("udp_port"):
+        m.require(m.integer("udp_port") == aero_vm.udp_port, f"the host echoes on UDP port {aero_vm.udp_port}")
+    if m.has("http_url"):
+        tail = f":{aero_vm.http_port}{aero_vm.options.http_path}"
+        m.require(m.text("http_url").endswith(tail), f"the host serves {tail}")
 
 
 @pytest.mark.aero_vm(transitional=True)

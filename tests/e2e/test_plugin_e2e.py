@@ -66,13 +66,14 @@ def test_qemu_killed_mid_run_fails_waits_within_a_second(pytester: pytest.Pytest
     source = """
     import os, signal, time
     import pytest
+    from pytest_aero_virtio.errors import AeroFailure
 
     @pytest.mark.aero_check("virtio-net")
     def test_kill(aero_vm):
         aero_vm.handle.stream.wait_for(lambda m: m.kind == "START", 120, "START")
         os.kill(aero_vm.handle.session.pid, signal.SIGKILL)
         t0 = time.monotonic()
-        with pytest.raises(pytest.fail.Exception, match="QEMU_EXITED") as exc:
+        with pytest.raises(AeroFailure, match="QEMU_EXITED") as exc:
             aero_vm.expect_pass("virtio-net")
         elapsed = time.monotonic() - t0
         assert elapsed < 1.0, elapsed
