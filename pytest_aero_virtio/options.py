@@ -180,6 +180,14 @@ OPTIONS: tuple[Option, ...] = (
         old=("--follow-serial",),
     ),
     Option("--vm-dry-run", "vm_dry_run", "print each planned QEMU command line and run nothing", kind="bool"),
+    Option(
+        "--vm-replay",
+        "vm_replay",
+        "judge a recorded run instead of booting: an earlier run's --vm-artifacts directory, one VM's "
+        "directory in it, or a serial log (tests whose evidence was not recorded skip)",
+        kind="path",
+        metavar="PATH",
+    ),
     _vectors_option(None),
     *(_vectors_option(dev) for dev in ("blk", "net", "input", "snd")),
     Option(

@@ -356,6 +356,8 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> AeroVm:
         handle = aero_pool.get(planned)
     except AeroError as exc:
         boot_error = exc
+    except EvidenceMissing as exc:
+        pytest.skip(str(exc))
     if boot_error is not None:
         # Outside the except block: the report shows the token and the cause, not a chained traceback.
         pytest.fail(str(boot_error), pytrace=False)

@@ -1,4 +1,5 @@
-"""The run's VMs: one :class:`~pytest_aero_virtio.vm.VmHandle` per planned VM, booted lazily, stopped early.
+"""The run's VMs: one per planned VM (live :class:`~pytest_aero_virtio.vm.VmHandle` or replayed
+:class:`~pytest_aero_virtio.replay.RecordedVm`), booted lazily, stopped early.
 
 A VM is booted by the first test that needs it and stopped as soon as the next test does not use it (or at
 session end), so a run never holds more VMs than it is using. A VM that failed to boot is remembered: its
@@ -9,11 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import VM_BOOT_FAILED, AeroError, AeroFailure
+from .errors import VM_BOOT_FAILED, AeroError, AeroFailure, EvidenceMissing
 from .plan import PlannedVm
-from .qemu.caps import Caps
-from .settings import Settings
-from .vm import VmHandle
+from .vmbase import VmBase
 
 __all__ = ["VmPool"]
 
@@ -21,20 +20,16 @@ __all__ = ["VmPool"]
 class VmPool:
     """Boots each planned VM on first use, remembers boot failures, stops VMs after their last test."""
 
-    def __init__(
-        self, settings: Settings, caps: Caps, accel: Callable[[], str], follow: Callable[[str], None] | None = None
-    ) -> None:
-        self.settings = settings
-        self.caps = caps
-        self._accel = accel
-        self._follow = follow
-        self._handles: dict[PlannedVm, VmHandle] = {}
+    def __init__(self, make: Callable[[PlannedVm], VmBase]) -> None:
+        """``make`` builds the (not yet started) VM of a plan entry: a live one, or a replay."""
+        self._make = make
+        self._handles: dict[PlannedVm, VmBase] = {}
         self._failed: dict[PlannedVm, AeroError] = {}
         self._released: set[PlannedVm] = set()
         #: Every VM booted so far, in boot order (a VM booted twice appears twice).
-        self.booted: list[VmHandle] = []
+        self.booted: list[VmBase] = []
 
-    def get(self, planned: PlannedVm) -> VmHandle:
+    def get(self, planned: PlannedVm) -> VmBase:
         """The running VM for ``planned``, booting it now if this is its first test (or if it was stopped
         because other tests ran in between, as after ``--ff`` reordering)."""
         if planned in self._failed:
@@ -43,10 +38,12 @@ class VmPool:
         if handle is None or planned in self._released:
             self._released.discard(planned)
             try:
-                handle = VmHandle(self.settings, planned, self.caps, self._accel(), self._follow)
+                handle = self._make(planned)
                 self._handles[planned] = handle
                 self.booted.append(handle)
                 handle.start()
+            except EvidenceMissing:
+                raise  # a replay without this VM: its tests skip, nothing failed
             except AeroError as exc:
                 self._failed[planned] = exc
                 raise

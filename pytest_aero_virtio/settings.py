@@ -34,6 +34,8 @@ class Settings:
     blk_resize_delta: int
     reference_guest: bool
     follow_serial: bool = False
+    #: ``--vm-replay``: judge this recording instead of booting (no QEMU, no image, no services).
+    replay: Path | None = None
 
 
 def resolve_qemu(value: str | None) -> QemuCommand:
@@ -77,11 +79,16 @@ def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, st
     return ref.disk, kernel, initrd, append, True
 
 
-def _run_options(raw: dict[str, Any]) -> tuple[RunOptions, bool]:
-    image, kernel, initrd, append, reference = _boot_files(raw)
+def _run_options(raw: dict[str, Any], replay: bool) -> tuple[RunOptions, bool]:
+    if replay:  # nothing boots: no QEMU and no image to provision or check
+        image, kernel, initrd, append, reference = Path("replay.img"), None, None, None, raw["vm_image"] is None
+        qemu = QemuCommand(Path("qemu-system-x86_64"))
+    else:
+        image, kernel, initrd, append, reference = _boot_files(raw)
+        qemu = resolve_qemu(raw["qemu_system"])
     return (
         RunOptions(
-            qemu=resolve_qemu(raw["qemu_system"]),
+            qemu=qemu,
             image=image,
             kernel=kernel,
             initrd=initrd,
@@ -110,7 +117,8 @@ def settings_from_config(config: pytest.Config) -> Settings:
     for opt in opts.OPTIONS:
         if opt.choices and raw[opt.ini] is not None:
             opts.parse_choice(opt.flag, str(raw[opt.ini]), opt.choices)
-    run, reference = _run_options(raw)
+    replay = Path(str(raw["vm_replay"])).expanduser().resolve() if raw["vm_replay"] else None
+    run, reference = _run_options(raw, replay is not None)
     delta_mib = opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1) or 64
     return Settings(
         options=run,
@@ -120,4 +128,5 @@ def settings_from_config(config: pytest.Config) -> Settings:
         blk_resize_delta=delta_mib << 20,
         reference_guest=reference,
         follow_serial=run.follow_serial,
+        replay=replay,
     )

@@ -36,6 +36,8 @@ def _vm_lines(vm: PlannedVm, verbose: bool) -> list[str]:
 def header_lines(run: AeroRun, verbose: bool = False) -> list[str]:
     """The report header: QEMU (path, version), accelerator and why, image, and the planned VMs."""
     o = run.settings.options
+    if run.settings.replay is not None:
+        return _replay_header(run, verbose)
     guest = " (reference guest)" if run.settings.reference_guest else ""
     lines = [
         f"aero-virtio: QEMU {run.caps().version_str} at {o.qemu}",
@@ -51,10 +53,21 @@ def header_lines(run: AeroRun, verbose: bool = False) -> list[str]:
     return lines
 
 
+def _replay_header(run: AeroRun, verbose: bool) -> list[str]:
+    """A replay boots nothing: say where each planned VM's recording comes from (or that there is none)."""
+    lines = [f"aero-virtio: replaying {run.settings.replay} (no QEMU runs; tests without recorded evidence skip)"]
+    if run.plan is not None:
+        for vm in run.plan.vms:
+            found = run.recordings().get(vm.id)
+            lines += _vm_lines(vm, verbose)
+            lines.append(f"    recording:   {found.label if found is not None else 'none: its tests skip'}")
+    return lines
+
+
 def summary_lines(pool: VmPool) -> list[str]:
     """One line per VM booted: its artifact directory and how it ended."""
     out = []
     for handle in pool.booted:
-        status = "boot failed" if pool.failed(handle.planned) else handle.session.ending or "running"
-        out.append(f"{handle.planned.id}: {handle.artifacts.dir}  [{getattr(status, 'value', status)}]")
+        status = "boot failed" if pool.failed(handle.planned) else handle.status()
+        out.append(f"{handle.planned.id}: {handle.artifacts.dir}  [{status}]")
     return out
