@@ -23,10 +23,9 @@ from typing import Any, NoReturn
 from ..errors import AeroConfigError
 from . import flows
 from .outcome import Verdict, decide
-from .run import CompatPlugin, copy_artifact, host_marker_lines, list_dirs, run_pytest, vm_dirs
+from .run import PROG, CompatPlugin, copy_artifact, host_marker_lines, list_dirs, run_pytest, vm_dirs
 from .table import BASE_EXPRESSION, OLD_OPTIONS, PYTEST_OPTION, REQUIRED_MARKER, OldOption
 
-PROG = "aero-virtio-win7-tests"
 _EPILOG = (
     "QEMU arguments go after `--` (the old harness passed unknown options to QEMU; this one refuses them). "
     "Every option and its pytest equivalent: docs/migration.md."

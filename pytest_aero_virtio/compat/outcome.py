@@ -48,10 +48,12 @@ _BEFORE_GUEST = _CONFIG_TOKENS | {QEMU_PCI_PREFLIGHT_FAILED, "VM_BOOT_FAILED"}
 _GUEST_POSITION = {name: i for i, name in enumerate(CATALOG)}
 _FIRST_CHECK = 2  # rank of the first guest check: 0 before the guest runs, 1 its CONFIG line
 _RESULT_RANK = _FIRST_CHECK + len(CATALOG) + 1
+_PYTEST_INTERNAL_ERROR = 3  # pytest.ExitCode values; plain ints keep this module free of pytest
+_PYTEST_USAGE_ERROR = 4
 
 
 @dataclass
-class TestRecord:
+class ItemRecord:
     """One selected test as the run saw it (``key`` is ``<file>::<test>`` relative to ``vmm_flows``)."""
 
     key: str
@@ -126,14 +128,14 @@ def guest_rank(token: str, checks: Iterable[str], key: str) -> int:
     return _FIRST_CHECK + min(positions) if positions else 0
 
 
-def _own_token(rec: TestRecord, suffix: str) -> str:
+def _own_token(rec: ItemRecord, suffix: str) -> str:
     if rec.checks:
         return failed_token(rec.checks[0]) if suffix == "FAILED" else skipped_token(rec.checks[0])
     test = rec.key.split("::")[-1].removeprefix("test_")
     return f"{name_token(test)}_{suffix}"
 
 
-def failure_of(rec: TestRecord, required: Iterable[str], skip_tokens: Mapping[str, str]) -> Failure | None:
+def failure_of(rec: ItemRecord, required: Iterable[str], skip_tokens: Mapping[str, str]) -> Failure | None:
     """The test's failure as the old harness would have printed it, or None.
 
     A failure whose text starts with the plugin's ``FAIL: <TOKEN>:`` keeps it; a plain assertion gets the
@@ -159,7 +161,7 @@ def _config(message: str) -> Verdict:
 
 
 def decide(
-    records: Iterable[TestRecord],
+    records: Iterable[ItemRecord],
     facts: SessionFacts,
     required: Iterable[str] = (),
     skip_tokens: Mapping[str, str] | None = None,
@@ -172,6 +174,9 @@ def decide(
         return Verdict(exit_code_for(token, message), f"FAIL: {token}: {message}")
     if facts.collect_errors:
         return _config(f"pytest could not collect the tests: {facts.collect_errors[0]}")
+    if facts.pytest_code in (_PYTEST_USAGE_ERROR, _PYTEST_INTERNAL_ERROR):
+        what = "refused its command line" if facts.pytest_code == _PYTEST_USAGE_ERROR else "failed internally"
+        return _config(f"pytest {what} (exit code {facts.pytest_code}): see its message above")
     if facts.dry_run:
         return Verdict(0 if facts.pytest_code == 0 else 2, None)
     recs = list(records)

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 from ..checks import lookup
-from .outcome import SessionFacts, TestRecord
+from .outcome import ItemRecord, SessionFacts
 from .table import REQUIRED_MARKER, RESULT_TEST
 
 #: The plugin's marker for tests that need a guest opt-in flag (``-m "not aero_opt_in"`` = the old default set).
 OPT_IN_MARKER = "aero_opt_in"
+PROG = "aero-virtio-win7-tests"
 
 
 def _registered(config: pytest.Config, marker: str) -> bool:
@@ -49,13 +50,13 @@ class CompatPlugin:
     """Selection and bookkeeping for one compatibility run (registered with ``pytest.main(plugins=...)``)."""
 
     required: Sequence[str] = ()
-    records: dict[str, TestRecord] = field(default_factory=dict)
+    records: dict[str, ItemRecord] = field(default_factory=dict)
     facts: SessionFacts = field(default_factory=SessionFacts)
     mark_opt_in: bool = False
 
     @pytest.hookimpl(trylast=True)
     def pytest_configure(self, config: pytest.Config) -> None:
-        config.addinivalue_line("markers", f"{REQUIRED_MARKER}: selected by a requirement flag of aero-virtio-win7-tests")
+        config.addinivalue_line("markers", f"{REQUIRED_MARKER}: asked for by a requirement flag of {PROG}")
         # Until the plugin marks opt-in tests itself, do it here with the same rule (a check that needs a
         # guest opt-in flag); once the plugin registers the marker this is a no-op.
         if not _registered(config, OPT_IN_MARKER):
@@ -87,7 +88,7 @@ class CompatPlugin:
             self.facts.usage_error = str(exc)
             raise
         for index, item in enumerate(session.items):
-            self.records[item.nodeid] = TestRecord(
+            self.records[item.nodeid] = ItemRecord(
                 key=item_key(item), index=index, checks=check_names(item), outcome="notrun"
             )
 
@@ -138,7 +139,7 @@ def list_dirs(root: Path) -> set[Path]:
     return {p for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
 
 
-def vm_dirs(records: Sequence[TestRecord], root: Path, before: set[Path]) -> list[Path]:
+def vm_dirs(records: Sequence[ItemRecord], root: Path, before: set[Path]) -> list[Path]:
     """This run's VM artifact directories, the one that checked RESULT first, then in run order.
 
     The tests' ``serial_log`` JUnit property names the VMs that booted; a VM that failed to boot has no such

@@ -125,7 +125,7 @@ def _with(stem: str, *extra: str) -> tuple[str, ...]:
 _GUEST_FLAG = "; its guest flag `{}` (never a harness option: the old one passed it on to QEMU) is accepted too"
 _INPUT_EVENTS = "test_input_events.py::test_virtio_input_events"
 _WAV_TEST = "test_snd.py::test_virtio_snd_wav_on_host"
-_SND_TESTS = ("test_snd.py::test_virtio_snd", "test_snd.py::test_virtio_snd_capture", "test_snd.py::test_virtio_snd_duplex")
+_SND_TESTS = tuple(f"test_snd.py::test_virtio_snd{part}" for part in ("", "_capture", "_duplex"))
 _NO_COUNTER_TEST = (
     "no test asserts the virtio-blk recovery counters; test_blk.py::test_virtio_blk_counters records them as "
     "JUnit properties - assert them in a test of your own"
@@ -351,5 +351,6 @@ def markdown_rows() -> list[str]:
     for row in OLD_OPTIONS:
         flags = " / ".join(f"`{f}`" + (f" {row.metavar}" if i == 0 and row.takes_value else "")
                            for i, f in enumerate(row.flags))
-        rows.append(f"| {flags} | {mapping_text(row)} | {row.note} |")
+        cells = (flags, mapping_text(row), row.note)
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return rows
