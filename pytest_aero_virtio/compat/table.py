@@ -54,6 +54,7 @@ REQUIRED_MARKER = "aero_compat_required"
 BASE_EXPRESSION = f"not aero_opt_in or {REQUIRED_MARKER}"
 
 VALUE = "{}"  # in PytestArg.value: the old option's value
+FLOWS = "vmm_flows"  # test names below are relative to it
 
 Kind = Literal["value", "flag", "select", "choice", "copy", "refuse"]
 
@@ -122,13 +123,14 @@ def _with(stem: str, *extra: str) -> tuple[str, ...]:
     return (f"--with-{stem}", f"--with-virtio-{stem}", f"--require-virtio-{stem}", f"--enable-virtio-{stem}", *extra)
 
 
-_GUEST_FLAG = "; its guest flag `{}` (never a harness option: the old one passed it on to QEMU) is accepted too"
+_GUEST_FLAG = "; the guest's own flag `{}` is accepted too"
 _INPUT_EVENTS = "test_input_events.py::test_virtio_input_events"
 _WAV_TEST = "test_snd.py::test_virtio_snd_wav_on_host"
 _SND_TESTS = tuple(f"test_snd.py::test_virtio_snd{part}" for part in ("", "_capture", "_duplex"))
 _NO_COUNTER_TEST = (
-    "no test asserts the virtio-blk recovery counters; test_blk.py::test_virtio_blk_counters records them as "
-    "JUnit properties - assert them in a test of your own"
+    "no test asserts the virtio-blk recovery counters or miniport flags; pytest: "
+    "`vmm_flows/test_blk.py::test_virtio_blk_counters` records what the guest reports as JUnit properties, "
+    "assert it in a test of your own"
 )
 
 
@@ -170,7 +172,8 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
     OldOption(
         ("--snapshot",),
         "flag",
-        "the plugin always runs a private qcow2 overlay, so the image is never written, with or without it",
+        "without it the old harness wrote the image; here a private qcow2 overlay always takes the writes "
+        "(pytest: --vm-snapshot=off writes the image)",
         args=(PytestArg("snapshot", "on"),),
     ),
     OldOption(("--memory-mb",), "value", "the old default is kept", args=(PytestArg("memory"),), default="2048",
@@ -215,7 +218,7 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         ("--serial-log",),
         "copy",
         "the old default is kept; with several VMs the one that checked RESULT goes to PATH, each other one "
-        "beside it as <stem>.<vm dir><suffix>",
+        "beside it as `<stem>.<vm dir><suffix>`",
         artifact="serial.log",
         default="win7-virtio-serial.log",
         metavar="PATH",
@@ -228,7 +231,7 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
     _sel(("--with-virtio-snd", "--require-virtio-snd", "--enable-virtio-snd", "--test-snd"), _SND_TESTS,
          "playback, capture and duplex must PASS" + _GUEST_FLAG.format("--test-snd")),
     _sel(("--test-snd-capture",), ("test_snd.py::test_virtio_snd_capture",),
-         "a guest flag (never a harness option); selects the capture test"),
+         "the guest's own flag: selects the capture test"),
     _sel(_with("snd-buffer-limits", "--enable-snd-buffer-limits", "--test-snd-buffer-limits"),
          ("test_snd.py::test_virtio_snd_buffer_limits",),
          "the WASAPI buffer stress test must PASS" + _GUEST_FLAG.format("--test-snd-buffer-limits")),
@@ -283,36 +286,30 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
     # -- what cannot be honoured --------------------------------------------------------------------------
     _refuse(("--virtio-transitional",),
             "the plugin runs transitional devices only for tests marked aero_vm(transitional=True); "
-            "pytest: vmm_flows/test_selftest.py::test_transitional_pci_ids"),
+            "pytest: `vmm_flows/test_selftest.py::test_transitional_pci_ids`"),
     _refuse(("--disable-udp",),
             "the UDP echo is always served and virtio-net-udp must come with RESULT|PASS; pytest: deselect "
-            "test_virtio_net_udp with -k 'not test_virtio_net_udp' (test_selftest_result still requires it)"),
+            "the test with `-k 'not test_virtio_net_udp'` (test_selftest_result still requires the marker)"),
     _refuse(("--virtio-snd-wav-peak-threshold",),
             "the WAV check is RMS and a dominant 440 Hz, not a peak; pytest: "
-            "test_snd.py::test_virtio_snd_wav_on_host, or audio.check_tone in a test of your own", metavar="N"),
+            "`vmm_flows/test_snd.py::test_virtio_snd_wav_on_host`, or audio.check_tone in a test of your own",
+            metavar="N"),
     _refuse(("--virtio-snd-wav-rms-threshold",),
             "the WAV check's RMS floor is fixed; pytest: audio.check_tone(min_rms=...) in a test of your own",
             metavar="N"),
     _refuse(("--require-intx",),
             "the msix tests check the mode the VM was configured for; pytest: --vm-msix-vectors=0 (old "
-            "--force-intx) with the test_virtio_*_msix tests, or test_blk.py::test_virtio_blk_intx"),
+            "--force-intx) with the test_virtio_*_msix tests, or `vmm_flows/test_blk.py::test_virtio_blk_intx`"),
     _refuse(("--require-msi",),
             "the msix tests require MSI-X itself, not MSI or MSI-X; pytest: the test_virtio_*_msix tests "
             "(old --require-virtio-<dev>-msix)"),
     _refuse(("--require-expect-blk-msi",),
             "no test reads the guest's provisioning flags back; pytest: provision the guest with --expect-blk-msi "
             "(reference guest: --vm-guest-arg=--expect-blk-msi)"),
-    *(
-        _refuse((flag,), _NO_COUNTER_TEST)
-        for flag in (
-            "--require-no-blk-recovery",
-            "--fail-on-blk-recovery",
-            "--require-no-blk-reset-recovery",
-            "--fail-on-blk-reset-recovery",
-            "--require-no-blk-miniport-flags",
-            "--fail-on-blk-miniport-flags",
-        )
-    ),
+    # Six separate options of the old harness, one refusal.
+    _refuse(("--require-no-blk-recovery", "--fail-on-blk-recovery", "--require-no-blk-reset-recovery",
+             "--fail-on-blk-reset-recovery", "--require-no-blk-miniport-flags", "--fail-on-blk-miniport-flags"),
+            _NO_COUNTER_TEST),
 )
 
 
@@ -333,10 +330,10 @@ def mapping_text(row: OldOption) -> str:
         text = " ".join(f"`{arg.doc(row.metavar)}`" for arg in row.args)
         return text + (f" (default {row.default})" if row.default is not None else "")
     if row.kind == "select":
-        return "selects " + ", ".join(f"`{t}`" for t in row.tests)
+        return "selects " + ", ".join(f"`{FLOWS}/{t}`" for t in row.tests)
     if row.kind == "choice":
         assert row.choices is not None
-        parts = [f"`{v}`: " + (", ".join(f"selects `{t}`" for t in ts) or "nothing to select")
+        parts = [f"`{v}`: " + (", ".join(f"selects `{FLOWS}/{t}`" for t in ts) or "nothing to select")
                  for v, ts in row.choices.items()]
         return "; ".join(parts)
     if row.kind == "copy":
@@ -354,3 +351,7 @@ def markdown_rows() -> list[str]:
         cells = (flags, mapping_text(row), row.note)
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return rows
+
+
+if __name__ == "__main__":  # python -m pytest_aero_virtio.compat.table: the table for docs/migration.md
+    print("\n".join(markdown_rows()))
