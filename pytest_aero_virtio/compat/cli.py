@@ -23,7 +23,16 @@ from typing import Any, NoReturn
 from ..errors import AeroConfigError
 from . import flows
 from .outcome import Verdict, decide
-from .run import PROG, CompatPlugin, copy_artifact, host_marker_lines, list_dirs, run_pytest, vm_dirs
+from .run import (
+    PROG,
+    CompatPlugin,
+    copy_artifact,
+    host_marker_lines,
+    list_dirs,
+    run_pytest,
+    stale_siblings,
+    vm_dirs,
+)
 from .table import BASE_EXPRESSION, OLD_OPTIONS, PYTEST_OPTION, REQUIRED_MARKER, OldOption
 
 _EPILOG = (
@@ -157,12 +166,13 @@ def pytest_args(flows_dir: Path, tr: Translation) -> list[str]:
     ]
 
 
-def _prepare_copies(tr: Translation) -> None:
+def prepare_copies(tr: Translation) -> None:
     """Like the old harness: a stale file from an earlier run must not pass for this run's log."""
     for _, path in tr.copies:
         if path.is_dir():
             raise CompatUsageError(f"{path} is a directory; pass a file path")
-        path.unlink(missing_ok=True)
+        for old in [path, *stale_siblings(path)]:
+            old.unlink(missing_ok=True)
 
 
 def _say(text: str) -> None:
@@ -197,12 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns, qemu = parse(sys.argv[1:] if argv is None else argv)
     try:
         tr = translate(ns, qemu)
-        _prepare_copies(tr)
+        prepare_copies(tr)
         suites = flows.flows_dir()
     except CompatUsageError as exc:
         _usage_error(str(exc))
     except AeroConfigError as exc:
-        print(exc, file=sys.stderr)
+        if exc.fix:
+            print(f"fix: {exc.fix}", file=sys.stderr)
         return _finish(Verdict(2, exc.headline()))
     args = pytest_args(suites, tr)
     _say("pytest " + shlex.join(args))

@@ -13,6 +13,7 @@ plus those tests.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -166,13 +167,26 @@ def host_marker_lines(dirs: Sequence[Path]) -> list[str]:
     return lines
 
 
+def sibling(dest: Path, n: int) -> Path:
+    """Where the ``n``-th further VM's copy goes: ``<stem>.vm<n><suffix>`` beside ``dest``."""
+    return dest.with_name(f"{dest.stem}.vm{n}{dest.suffix}")
+
+
+def stale_siblings(dest: Path) -> list[Path]:
+    """Copies an earlier run left beside ``dest`` (this run may have fewer VMs)."""
+    pattern = re.compile(rf"{re.escape(dest.stem)}\.vm\d+{re.escape(dest.suffix)}")
+    if not dest.parent.is_dir():
+        return []
+    return [p for p in dest.parent.glob(f"{dest.stem}.vm*") if pattern.fullmatch(p.name)]
+
+
 def copy_artifact(dirs: Sequence[Path], artifact: str, dest: Path) -> list[tuple[Path, Path]]:
-    """Copy ``artifact`` of the first VM that has it to ``dest`` and each further VM's beside it as
-    ``<stem>.<vm dir><suffix>``; returns (source, destination) pairs."""
+    """Copy ``artifact`` of the first VM that has it to ``dest`` and each further VM's beside it (see
+    :func:`sibling`); returns (source, destination) pairs."""
     sources = [d / artifact for d in dirs if (d / artifact).is_file()]
     done: list[tuple[Path, Path]] = []
     for i, src in enumerate(sources):
-        target = dest if i == 0 else dest.with_name(f"{dest.stem}.{src.parent.name}{dest.suffix}")
+        target = dest if i == 0 else sibling(dest, i)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         done.append((src, target))

@@ -183,7 +183,8 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
     OldOption(
         ("--timeout-seconds",),
         "value",
-        "the old harness had no separate limit for a silent guest, so both limits get the value",
+        "a limit per VM (the default set boots several); the old harness had no separate limit for a silent "
+        "guest, so both limits get the value",
         args=(PytestArg("timeout"), PytestArg("silence")),
         default="600",
         metavar="S",
@@ -218,7 +219,7 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         ("--serial-log",),
         "copy",
         "the old default is kept; with several VMs the one that checked RESULT goes to PATH, each other one "
-        "beside it as `<stem>.<vm dir><suffix>`",
+        "beside it as `<stem>.vm<N><suffix>`",
         artifact="serial.log",
         default="win7-virtio-serial.log",
         metavar="PATH",
