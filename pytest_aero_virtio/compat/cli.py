@@ -33,7 +33,7 @@ from .run import (
     stale_siblings,
     vm_dirs,
 )
-from .table import BASE_EXPRESSION, OLD_OPTIONS, PYTEST_OPTION, REQUIRED_MARKER, OldOption
+from .table import BASE_EXPRESSION, OLD_OPTIONS, PYTEST_OPTION, REQUIRED_MARKER, OldOption, mapping_text
 
 _EPILOG = (
     "QEMU arguments go after `--` (the old harness passed unknown options to QEMU; this one refuses them). "
@@ -50,7 +50,7 @@ class _Refuse(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        parser.error(f"{option_string} is not supported: {self.help}")
+        parser.error(f"{option_string} is {self.help}")
 
 
 def dest(row: OldOption) -> str:
@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Run the aero virtio selftest suites with the old harness's "
                                      "options (a front end to pytest and pytest-aero-virtio).")
     for row in OLD_OPTIONS:
-        kw: dict[str, Any] = {"dest": dest(row), "help": row.note}
+        kw: dict[str, Any] = {"dest": dest(row), "help": f"{mapping_text(row)}: {row.note}"}
         if row.kind == "refuse":
-            kw.update(action=_Refuse, nargs=None if row.takes_value else 0, metavar=row.metavar)
+            kw.update(action=_Refuse, nargs=None if row.takes_value else 0, metavar=row.metavar,
+                      help=f"not supported: {row.note}")
         elif row.kind in ("flag", "select"):
             kw.update(action="store_true", default=False)
         elif row.kind == "choice":
@@ -152,7 +153,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def pytest_args(flows_dir: Path, tr: Translation) -> list[str]:
     """The pytest command line: the suites, the old default set plus the required tests, isolated from any
     pytest configuration of the current directory (``-c`` the null device, ``rootdir`` and ``confcutdir`` at
-    the suites), no cache written into the installed package."""
+    the suites), no cache written into the installed package, and in this one process: xdist workers would
+    neither see the selection plugin nor send back their collection."""
     return [
         str(flows_dir),
         "-m", BASE_EXPRESSION,
@@ -160,6 +162,7 @@ def pytest_args(flows_dir: Path, tr: Translation) -> list[str]:
         "--rootdir", str(flows_dir.parent),
         "--confcutdir", str(flows_dir),
         "-p", "no:cacheprovider",
+        "-p", "no:xdist",
         "-rfEs",
         "--tb=short",
         *tr.options,

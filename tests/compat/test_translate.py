@@ -165,7 +165,7 @@ def test_pytest_command_line(tmp_path: Path) -> None:
     assert args[args.index("-c") + 1] == os.devnull
     assert args[args.index("--rootdir") + 1] == str(tmp_path)
     assert args[args.index("--confcutdir") + 1] == str(tmp_path / "vmm_flows")
-    assert "no:cacheprovider" in args
+    assert "no:cacheprovider" in args and "no:xdist" in args
     assert args[-len(tr.options):] == list(tr.options)
 
 
