@@ -47,6 +47,7 @@ __all__ = [
     "AeroFailure",
     "EvidenceMissing",
     "bad_field_token",
+    "fail_line",
     "failed_token",
     "host_status_token",
     "missing_host_token",
@@ -144,6 +145,11 @@ def skipped_token(test_name: str) -> str:
     return token_for(test_name, "SKIPPED")
 
 
+def fail_line(token: str, message: str) -> str:
+    """``FAIL: <TOKEN>: <message>``: the first line of every failure, what CI greps (the old harness's form)."""
+    return f"FAIL: {token}: {message}"
+
+
 def bad_field_token(name: str) -> str:
     """``"virtio-net"`` -> ``VIRTIO_NET_BAD_FIELD``: a marker of that check (or host topic) lacks a field a test
     reads, or carries one that is empty, not a number, out of range, or not the value the test requires."""
@@ -180,7 +186,7 @@ class AeroError(Exception):
 
     def headline(self) -> str:
         """``FAIL: TOKEN: message`` without the fix and any context."""
-        return f"FAIL: {self.token}: {self.message}"
+        return fail_line(self.token, self.message)
 
     def __str__(self) -> str:
         text = self.headline()

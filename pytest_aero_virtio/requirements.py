@@ -16,12 +16,14 @@ from typing import Literal
 
 from .checks import GuestCheck, lookup
 from .errors import (
+    NO_SERIAL_OUTPUT,
     QEMU_EXITED,
     QEMU_PCI_PREFLIGHT_FAILED,
     SELFTEST_FAILED,
     TIMEOUT,
     UDP_PORT_MISMATCH,
     VIRTIO_SND_FORCE_NULL_BACKEND,
+    VM_BOOT_FAILED,
     WAV_CHECK_FAILED,
     AeroConfigError,
     AeroError,
@@ -184,6 +186,8 @@ def exit_code(error: AeroError | None) -> int:
         return 0
     if isinstance(error, AeroConfigError) or error.token in (
         TIMEOUT,
+        NO_SERIAL_OUTPUT,  # a guest that never speaks: the old harness's timeout
+        VM_BOOT_FAILED,  # a VM that cannot be started: its preflight error
         QEMU_PCI_PREFLIGHT_FAILED,
         UDP_PORT_MISMATCH,
     ):
