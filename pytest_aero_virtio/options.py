@@ -139,6 +139,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("--follow-serial", "follow_serial", "print the guest's serial output live", kind="bool"),
     Option("--vm-dry-run", "vm_dry_run", "print each planned QEMU command line and run nothing", kind="bool"),
     Option(
+        "--vm-shard",
+        "vm_shard",
+        "run only shard K (1-based) of N of the VM plan, whole VMs per shard (docs/sharding.md)",
+        default=None,
+        metavar="K/N",
+    ),
+    Option(
+        "--vm-durations",
+        "vm_durations",
+        "JSON file of recorded VM durations that every shard reads to balance --vm-shard (default: estimates)",
+        default=None,
+        metavar="PATH",
+    ),
+    Option(
         "--virtio-msix-vectors",
         "virtio_msix_vectors",
         "MSI-X vectors for every virtio device (0 = INTx)",

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from . import options as opts
+from . import sharding
 from .checks import lookup
 from .config import Vectors, VmConfig
 from .errors import AeroError
@@ -95,6 +96,8 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    if not config.pluginmanager.is_registered(sharding):
+        config.pluginmanager.register(sharding, "aero-virtio-shard")
     _kill_qemu_on_sigterm()
 
 
@@ -170,6 +173,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     wanted = [(item, _needs(item)) for item in items]
     vm_items = [(item, needs) for item, needs in wanted if needs is not None]
     if not vm_items:
+        sharding.split_without_vms(session)
         return
     try:
         settings = settings_from_config(config)
@@ -181,6 +185,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 continue
             planned.append((item.nodeid, needs))
         plan: Plan = make_plan(planned, default_vectors=settings.vectors)
+        plan = sharding.select(session, ctx, planned, plan)
     except AeroError as exc:
         raise pytest.UsageError(str(exc)) from None
     ctx.plan = plan

@@ -454,6 +454,7 @@ class PlanContext:
     plan: Plan | None = None
     dry_run_lines: list[str] = field(default_factory=list)
     started_pool: VmPool | None = None
+    on_vm_stopped: Callable[[VmConfig, float], None] | None = None  # boot-to-stop seconds (sharding.recorder)
     _caps: Caps | None = None
 
     def caps(self) -> Caps:
@@ -472,7 +473,7 @@ class PlanContext:
 
     def pool(self) -> VmPool:
         if self.started_pool is None:
-            self.started_pool = VmPool(self.settings, self.caps())
+            self.started_pool = VmPool(self.settings, self.caps(), on_vm_stopped=self.on_vm_stopped)
         return self.started_pool
 
     def header_lines(self) -> list[str]:
@@ -492,9 +493,12 @@ class PlanContext:
 class VmPool:
     """Boots each planned VM on first use, remembers boot failures, stops VMs after their last test."""
 
-    def __init__(self, settings: Settings, caps: Caps) -> None:
+    def __init__(
+        self, settings: Settings, caps: Caps, on_vm_stopped: Callable[[VmConfig, float], None] | None = None
+    ) -> None:
         self.settings = settings
         self.caps = caps
+        self.on_vm_stopped = on_vm_stopped
         self._accel: str | None = None
         self._handles: dict[VmConfig, VmHandle] = {}
         self._failed: dict[VmConfig, AeroError] = {}
@@ -546,12 +550,19 @@ class VmPool:
         if handle is not None and config not in self._released:
             self._released.add(config)
             handle.stop()
+            self._stopped(config, handle)
 
     def close_all(self) -> None:
         for config, handle in list(self._handles.items()):
             if config not in self._released:
                 self._released.add(config)
                 handle.stop()
+                self._stopped(config, handle)
+
+    def _stopped(self, config: VmConfig, handle: VmHandle) -> None:
+        """Report how long the VM ran, boot to stop: recorded for --vm-shard's balancing (docs/sharding.md)."""
+        if self.on_vm_stopped is not None and handle.started_at:
+            self.on_vm_stopped(config, time.monotonic() - handle.started_at)
 
     def describe(self, plan: Plan) -> list[str]:
         """Dry run: the QEMU command line of every planned VM (fds shown as placeholders)."""
