@@ -560,8 +560,9 @@ class VmPool:
                 self._stopped(config, handle)
 
     def _stopped(self, config: VmConfig, handle: VmHandle) -> None:
-        """Report how long the VM ran, boot to stop: recorded for --vm-shard's balancing (docs/sharding.md)."""
-        if self.on_vm_stopped is not None and handle.started_at:
+        """Report how long the VM ran, boot to stop: recorded for --vm-shard's balancing (docs/sharding.md).
+        A VM that failed to boot says nothing about how long it runs."""
+        if self.on_vm_stopped is not None and handle.started_at and config not in self._failed:
             self.on_vm_stopped(config, time.monotonic() - handle.started_at)
 
     def describe(self, plan: Plan) -> list[str]:

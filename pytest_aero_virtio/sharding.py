@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,12 +27,14 @@ from . import options as opts
 from .config import VmConfig
 from .errors import AeroConfigError, AeroError
 from .plan import ItemNeeds, Plan
-from .pool import PlanContext
 from .shard import ShardSpec, Split, canonical_key, loose_item_shard, parse_durations, parse_shard, split_plan, vm_key
 
 #: The pytest cache key of the recorded durations: ``{"<str(VmConfig)>": seconds}``.
 DURATIONS_KEY = "aero-virtio/vm-durations"
 _WORKEROUTPUT_KEY = "aero_shard"
+
+if TYPE_CHECKING:
+    from .pool import PlanContext
 
 
 @dataclass
