@@ -181,6 +181,19 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("--vm-dry-run", "vm_dry_run", "print each planned QEMU command line and run nothing", kind="bool"),
     Option(
+        "--vm-shard",
+        "vm_shard",
+        "run only shard K (1-based) of N of the VM plan, whole VMs per shard (docs/sharding.md)",
+        metavar="K/N",
+    ),
+    Option(
+        "--vm-durations",
+        "vm_durations",
+        "JSON file of recorded VM durations that every shard reads to balance --vm-shard (default: estimates)",
+        kind="path",
+        metavar="PATH",
+    ),
+    Option(
         "--vm-replay",
         "vm_replay",
         "judge a recorded run instead of booting: an earlier run's --vm-artifacts directory, one VM's "

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from . import options as opts
+from . import sharding
 from ._pytest_internals import set_node_id, terminal_fd
 from .checks import CATALOG, Device, lookup
 from .config import Vectors
@@ -89,6 +90,7 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    config.pluginmanager.register(sharding, "aero-virtio-sharding")
     _kill_qemu_on_sigterm()
 
 
@@ -183,6 +185,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     vm_items = [(item, needs) for item in session.items if (needs := _needs(item)) is not None]
     if not vm_items:
+        sharding.split_without_vms(session)
         return
     try:
         run = AeroRun(settings_from_config(config))
@@ -192,7 +195,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 item.add_marker(pytest.mark.skip(reason=run.no_sound_reason()))
                 continue
             planned.append((item.nodeid, needs))
-        run.plan = make_plan(planned, default_vectors=run.settings.vectors)
+        run.plan = make_plan(planned, run.settings.vectors, canonical=sharding.canonical_order(session))
+        sharding.select(session, run, dict(planned))
         run.say = terminal_writer(terminal_fd(config))
     except AeroError as exc:
         raise pytest.UsageError(str(exc)) from None

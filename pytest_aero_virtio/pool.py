@@ -8,8 +8,10 @@ other tests fail at once with the same error instead of booting it again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+from .config import VmConfig
 from .errors import VM_BOOT_FAILED, AeroError, AeroFailure, EvidenceMissing
 from .plan import PlannedVm
 from .vmbase import VmBase
@@ -20,9 +22,13 @@ __all__ = ["VmPool"]
 class VmPool:
     """Boots each planned VM on first use, remembers boot failures, stops VMs after their last test."""
 
-    def __init__(self, make: Callable[[PlannedVm], VmBase]) -> None:
-        """``make`` builds the (not yet started) VM of a plan entry: a live one, or a replay."""
+    def __init__(
+        self, make: Callable[[PlannedVm], VmBase], on_stopped: Callable[[VmConfig, float], None] | None = None
+    ) -> None:
+        """``make`` builds the (not yet started) VM of a plan entry: a live one, or a replay. ``on_stopped`` is
+        told each booted VM's boot-to-stop seconds (sharding records them)."""
         self._make = make
+        self._on_stopped = on_stopped
         self._handles: dict[PlannedVm, VmBase] = {}
         self._failed: dict[PlannedVm, AeroError] = {}
         self._released: set[PlannedVm] = set()
@@ -63,6 +69,8 @@ class VmPool:
         if handle is not None and planned not in self._released:
             self._released.add(planned)
             handle.stop()
+            if self._on_stopped is not None and handle.started_at and planned not in self._failed:
+                self._on_stopped(planned.config, time.monotonic() - handle.started_at)
 
     def close_all(self) -> None:
         for planned in list(self._handles):

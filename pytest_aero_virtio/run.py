@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .config import VmConfig
 from .errors import EvidenceMissing
 from .plan import Plan, PlannedVm
 from .pool import VmPool
@@ -31,6 +32,8 @@ class AeroRun:
     plan: Plan | None = None
     #: Writes a line to the user's terminal past pytest's capture (None when there is no terminal to use).
     say: Callable[[str], None] | None = None
+    #: Told each VM's boot-to-stop seconds when it stops (sharding records them as durations).
+    on_vm_stopped: Callable[[VmConfig, float], None] | None = None
     dry_run_lines: list[str] = field(default_factory=list)
     started_pool: VmPool | None = None
     _caps: Caps | None = None
@@ -68,7 +71,8 @@ class AeroRun:
 
     def pool(self) -> VmPool:
         if self.started_pool is None:
-            self.started_pool = VmPool(self._replayed if self.settings.replay is not None else self._live)
+            make = self._replayed if self.settings.replay is not None else self._live
+            self.started_pool = VmPool(make, self.on_vm_stopped)
         return self.started_pool
 
     def _live(self, planned: PlannedVm) -> VmBase:

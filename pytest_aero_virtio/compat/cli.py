@@ -48,8 +48,13 @@ class CompatUsageError(Exception):
 class _Refuse(argparse.Action):
     """An old option that cannot be honoured: using it is an error naming the reason and the pytest way."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         parser.error(f"{option_string} is {self.help}")
 
 
@@ -59,14 +64,22 @@ def dest(row: OldOption) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The old harness's options, generated from the table (``allow_abbrev=False``, as the old one)."""
-    parser = argparse.ArgumentParser(prog=PROG, allow_abbrev=False, epilog=_EPILOG,
-                                     description="Run the aero virtio selftest suites with the old harness's "
-                                     "options (a front end to pytest and pytest-aero-virtio).")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        allow_abbrev=False,
+        epilog=_EPILOG,
+        description="Run the aero virtio selftest suites with the old harness's "
+        "options (a front end to pytest and pytest-aero-virtio).",
+    )
     for row in OLD_OPTIONS:
         kw: dict[str, Any] = {"dest": dest(row), "help": f"{mapping_text(row)}: {row.note}"}
         if row.kind == "refuse":
-            kw.update(action=_Refuse, nargs=None if row.takes_value else 0, metavar=row.metavar,
-                      help=f"not supported: {row.note}")
+            kw.update(
+                action=_Refuse,
+                nargs=None if row.takes_value else 0,
+                metavar=row.metavar,
+                help=f"not supported: {row.note}",
+            )
         elif row.kind in ("flag", "select"):
             kw.update(action="store_true", default=False)
         elif row.kind == "choice":
@@ -138,7 +151,7 @@ def translate(ns: argparse.Namespace, qemu_args: Sequence[str] = ()) -> Translat
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Parse an old command line; QEMU arguments after ``--``. Errors exit 2 with argparse's message."""
     args = list(argv)
-    qemu = args[args.index("--") + 1:] if "--" in args else []
+    qemu = args[args.index("--") + 1 :] if "--" in args else []
     own = args[: args.index("--")] if "--" in args else args
     parser = build_parser()
     ns, unknown = parser.parse_known_args(own)
@@ -157,12 +170,18 @@ def pytest_args(flows_dir: Path, tr: Translation) -> list[str]:
     neither see the selection plugin nor send back their collection."""
     return [
         str(flows_dir),
-        "-m", BASE_EXPRESSION,
-        "-c", os.devnull,
-        "--rootdir", str(flows_dir.parent),
-        "--confcutdir", str(flows_dir),
-        "-p", "no:cacheprovider",
-        "-p", "no:xdist",
+        "-m",
+        BASE_EXPRESSION,
+        "-c",
+        os.devnull,
+        "--rootdir",
+        str(flows_dir.parent),
+        "--confcutdir",
+        str(flows_dir),
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
         "-rfEs",
         "--tb=short",
         *tr.options,

@@ -182,6 +182,7 @@ def decide(
         first = min(failures, key=lambda f: (f.rank, f.index))
         return Verdict(exit_code_for(first.token, first.message), first.line)
     if not any(r.key == RESULT_TEST and r.outcome == "passed" for r in recs):
-        return _config(f"no test checked the guest's RESULT line ({RESULT_TEST} did not run; pytest exit "
-                       f"code {facts.pytest_code})")
+        return _config(
+            f"no test checked the guest's RESULT line ({RESULT_TEST} did not run; pytest exit code {facts.pytest_code})"
+        )
     return Verdict(0, PASS_LINE)

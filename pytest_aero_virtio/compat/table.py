@@ -176,10 +176,18 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         "(pytest: --vm-snapshot=off writes the image)",
         args=(PytestArg("snapshot", "on"),),
     ),
-    OldOption(("--memory-mb",), "value", "the old default is kept", args=(PytestArg("memory"),), default="2048",
-              metavar="MIB", integer=True),
-    OldOption(("--smp",), "value", "the old default is kept", args=(PytestArg("smp"),), default="2", metavar="N",
-              integer=True),
+    OldOption(
+        ("--memory-mb",),
+        "value",
+        "the old default is kept",
+        args=(PytestArg("memory"),),
+        default="2048",
+        metavar="MIB",
+        integer=True,
+    ),
+    OldOption(
+        ("--smp",), "value", "the old default is kept", args=(PytestArg("smp"),), default="2", metavar="N", integer=True
+    ),
     OldOption(
         ("--timeout-seconds",),
         "value",
@@ -190,12 +198,25 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         metavar="S",
         integer=True,
     ),
-    OldOption(("--http-port",), "value", "default: 18080 for --disk-image, an ephemeral port for the reference "
-              "guest", args=(PytestArg("http_port"),), metavar="PORT", integer=True),
-    OldOption(("--udp-port",), "value", "default: 18081 for --disk-image, an ephemeral port for the reference "
-              "guest", args=(PytestArg("udp_port"),), metavar="PORT", integer=True),
-    OldOption(("--http-path",), "value", "default /aero-virtio-selftest", args=(PytestArg("http_path"),),
-              metavar="PATH"),
+    OldOption(
+        ("--http-port",),
+        "value",
+        "default: 18080 for --disk-image, an ephemeral port for the reference guest",
+        args=(PytestArg("http_port"),),
+        metavar="PORT",
+        integer=True,
+    ),
+    OldOption(
+        ("--udp-port",),
+        "value",
+        "default: 18081 for --disk-image, an ephemeral port for the reference guest",
+        args=(PytestArg("udp_port"),),
+        metavar="PORT",
+        integer=True,
+    ),
+    OldOption(
+        ("--http-path",), "value", "default /aero-virtio-selftest", args=(PytestArg("http_path"),), metavar="PATH"
+    ),
     OldOption(("--follow-serial",), "flag", "the guest's serial output, live", args=(PytestArg("follow", None),)),
     OldOption(
         ("--dry-run", "--print-qemu", "--print-qemu-cmd"),
@@ -203,8 +224,14 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         "prints the QEMU command line of every planned VM and runs nothing",
         args=(PytestArg("dry_run", None),),
     ),
-    OldOption(("--virtio-msix-vectors",), "value", "MSI-X table size of every virtio device",
-              args=(PytestArg("msix"),), metavar="N", integer=True),
+    OldOption(
+        ("--virtio-msix-vectors",),
+        "value",
+        "MSI-X table size of every virtio device",
+        args=(PytestArg("msix"),),
+        metavar="N",
+        integer=True,
+    ),
     *(_vectors(dev) for dev in ("blk", "net", "input", "snd")),
     OldOption(
         ("--virtio-disable-msix", "--force-intx", "--intx-only"),
@@ -212,8 +239,14 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         "vectors=0 on every device: the guest must run on INTx",
         args=(PytestArg("msix", "0"),),
     ),
-    OldOption(("--blk-resize-delta-mib",), "value", "how much the resize reaction grows the disk (64)",
-              args=(PytestArg("resize_delta"),), metavar="MIB", integer=True),
+    OldOption(
+        ("--blk-resize-delta-mib",),
+        "value",
+        "how much the resize reaction grows the disk (64)",
+        args=(PytestArg("resize_delta"),),
+        metavar="MIB",
+        integer=True,
+    ),
     # -- files the old harness wrote ------------------------------------------------------------------------
     OldOption(
         ("--serial-log",),
@@ -224,18 +257,30 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         default="win7-virtio-serial.log",
         metavar="PATH",
     ),
-    OldOption(("--http-log",), "copy", "the host's HTTP and UDP request log", artifact="http.log",
-              metavar="PATH"),
-    OldOption(("--virtio-snd-wav-path",), "copy", "what the guest played, recorded by the wav backend",
-              artifact="audio.wav", metavar="PATH"),
+    OldOption(("--http-log",), "copy", "the host's HTTP and UDP request log", artifact="http.log", metavar="PATH"),
+    OldOption(
+        ("--virtio-snd-wav-path",),
+        "copy",
+        "what the guest played, recorded by the wav backend",
+        artifact="audio.wav",
+        metavar="PATH",
+    ),
     # -- requirements: tests on top of the default set --------------------------------------------------------
-    _sel(("--with-virtio-snd", "--require-virtio-snd", "--enable-virtio-snd", "--test-snd"), _SND_TESTS,
-         "playback, capture and duplex must PASS" + _GUEST_FLAG.format("--test-snd")),
-    _sel(("--test-snd-capture",), ("test_snd.py::test_virtio_snd_capture",),
-         "the guest's own flag: selects the capture test"),
-    _sel(_with("snd-buffer-limits", "--enable-snd-buffer-limits", "--test-snd-buffer-limits"),
-         ("test_snd.py::test_virtio_snd_buffer_limits",),
-         "the WASAPI buffer stress test must PASS" + _GUEST_FLAG.format("--test-snd-buffer-limits")),
+    _sel(
+        ("--with-virtio-snd", "--require-virtio-snd", "--enable-virtio-snd", "--test-snd"),
+        _SND_TESTS,
+        "playback, capture and duplex must PASS" + _GUEST_FLAG.format("--test-snd"),
+    ),
+    _sel(
+        ("--test-snd-capture",),
+        ("test_snd.py::test_virtio_snd_capture",),
+        "the guest's own flag: selects the capture test",
+    ),
+    _sel(
+        _with("snd-buffer-limits", "--enable-snd-buffer-limits", "--test-snd-buffer-limits"),
+        ("test_snd.py::test_virtio_snd_buffer_limits",),
+        "the WASAPI buffer stress test must PASS" + _GUEST_FLAG.format("--test-snd-buffer-limits"),
+    ),
     OldOption(
         ("--virtio-snd-audio-backend",),
         "choice",
@@ -243,74 +288,146 @@ OLD_OPTIONS: tuple[OldOption, ...] = (
         choices={"none": (), "wav": (_WAV_TEST,)},
         metavar="{none,wav}",
     ),
-    _sel(("--virtio-snd-verify-wav",), (_WAV_TEST,),
-         "a silent or wrong recording fails with WAV_CHECK_FAILED (exit code 4)"),
-    _sel(_with("blk-resize", "--test-blk-resize"), ("test_blk.py::test_virtio_blk_resize",),
-         "arms the QMP resize for the guest's READY line" + _GUEST_FLAG.format("--test-blk-resize")),
-    _sel(_with("blk-reset", "--test-blk-reset"), ("test_blk.py::test_virtio_blk_reset",),
-         "the reset test must PASS" + _GUEST_FLAG.format("--test-blk-reset")),
+    _sel(
+        ("--virtio-snd-verify-wav",),
+        (_WAV_TEST,),
+        "a silent or wrong recording fails with WAV_CHECK_FAILED (exit code 4)",
+    ),
+    _sel(
+        _with("blk-resize", "--test-blk-resize"),
+        ("test_blk.py::test_virtio_blk_resize",),
+        "arms the QMP resize for the guest's READY line" + _GUEST_FLAG.format("--test-blk-resize"),
+    ),
+    _sel(
+        _with("blk-reset", "--test-blk-reset"),
+        ("test_blk.py::test_virtio_blk_reset",),
+        "the reset test must PASS" + _GUEST_FLAG.format("--test-blk-reset"),
+    ),
     _sel(("--with-virtio-tablet",), ("test_input.py::test_virtio_input_tablet",), "attaches virtio-tablet-pci"),
-    _sel(_with("input-events", "--test-input-events"), (_INPUT_EVENTS,),
-         "arms the QMP keyboard and mouse injection" + _GUEST_FLAG.format("--test-input-events")),
-    _sel(_with("input-wheel"), (_INPUT_EVENTS, "test_input_events.py::test_virtio_input_wheel"),
-         "implies --with-input-events, as before"),
-    _sel(("--with-input-events-extended", "--with-input-events-extra", "--test-input-events-extended"),
-         (_INPUT_EVENTS, *(f"test_input_events.py::test_virtio_input_events_{p}" for p in
-                           ("modifiers", "buttons", "wheel"))),
-         "implies --with-input-events, as before" + _GUEST_FLAG.format("--test-input-events-extended")),
-    _sel(_with("input-media-keys", "--test-input-media-keys"), ("test_input_events.py::test_virtio_input_media_keys",),
-         "arms the QMP media key injection" + _GUEST_FLAG.format("--test-input-media-keys")),
-    _sel(_with("input-led", "--test-input-led"), ("test_input.py::test_virtio_input_led",),
-         "the LED/statusq test must PASS" + _GUEST_FLAG.format("--test-input-led")),
-    _sel(_with("input-leds", "--test-input-leds"), ("test_input.py::test_virtio_input_leds",),
-         "the legacy LED marker must PASS" + _GUEST_FLAG.format("--test-input-leds")),
-    _sel(("--with-input-tablet-events", "--with-tablet-events", "--with-virtio-input-tablet-events",
-          "--require-virtio-input-tablet-events", "--enable-virtio-input-tablet-events",
-          "--test-input-tablet-events", "--test-tablet-events"),
-         ("test_input_events.py::test_virtio_input_tablet_events",),
-         "attaches the tablet and arms the QMP tablet injection" + _GUEST_FLAG.format("--test-input-tablet-events")),
-    _sel(_with("net-link-flap", "--test-net-link-flap"), ("test_net.py::test_virtio_net_link_flap",),
-         "arms the QMP set_link flap" + _GUEST_FLAG.format("--test-net-link-flap")),
-    _sel(("--require-net-csum-offload", "--require-virtio-net-csum-offload"),
-         ("test_net.py::test_virtio_net_tx_csum_offloaded",),
-         "the test skips when the device offers no TX offload (user networking never does); required here, "
-         "that skip fails the run as before", skip_token="VIRTIO_NET_CSUM_OFFLOAD_ZERO"),
-    _sel(("--require-net-udp-csum-offload", "--require-virtio-net-udp-csum-offload"),
-         ("test_net.py::test_virtio_net_udp_csum_offloaded",),
-         "as --require-net-csum-offload, for UDP", skip_token="VIRTIO_NET_UDP_CSUM_OFFLOAD_ZERO"),
+    _sel(
+        _with("input-events", "--test-input-events"),
+        (_INPUT_EVENTS,),
+        "arms the QMP keyboard and mouse injection" + _GUEST_FLAG.format("--test-input-events"),
+    ),
+    _sel(
+        _with("input-wheel"),
+        (_INPUT_EVENTS, "test_input_events.py::test_virtio_input_wheel"),
+        "implies --with-input-events, as before",
+    ),
+    _sel(
+        ("--with-input-events-extended", "--with-input-events-extra", "--test-input-events-extended"),
+        (
+            _INPUT_EVENTS,
+            *(f"test_input_events.py::test_virtio_input_events_{p}" for p in ("modifiers", "buttons", "wheel")),
+        ),
+        "implies --with-input-events, as before" + _GUEST_FLAG.format("--test-input-events-extended"),
+    ),
+    _sel(
+        _with("input-media-keys", "--test-input-media-keys"),
+        ("test_input_events.py::test_virtio_input_media_keys",),
+        "arms the QMP media key injection" + _GUEST_FLAG.format("--test-input-media-keys"),
+    ),
+    _sel(
+        _with("input-led", "--test-input-led"),
+        ("test_input.py::test_virtio_input_led",),
+        "the LED/statusq test must PASS" + _GUEST_FLAG.format("--test-input-led"),
+    ),
+    _sel(
+        _with("input-leds", "--test-input-leds"),
+        ("test_input.py::test_virtio_input_leds",),
+        "the legacy LED marker must PASS" + _GUEST_FLAG.format("--test-input-leds"),
+    ),
+    _sel(
+        (
+            "--with-input-tablet-events",
+            "--with-tablet-events",
+            "--with-virtio-input-tablet-events",
+            "--require-virtio-input-tablet-events",
+            "--enable-virtio-input-tablet-events",
+            "--test-input-tablet-events",
+            "--test-tablet-events",
+        ),
+        ("test_input_events.py::test_virtio_input_tablet_events",),
+        "attaches the tablet and arms the QMP tablet injection" + _GUEST_FLAG.format("--test-input-tablet-events"),
+    ),
+    _sel(
+        _with("net-link-flap", "--test-net-link-flap"),
+        ("test_net.py::test_virtio_net_link_flap",),
+        "arms the QMP set_link flap" + _GUEST_FLAG.format("--test-net-link-flap"),
+    ),
+    _sel(
+        ("--require-net-csum-offload", "--require-virtio-net-csum-offload"),
+        ("test_net.py::test_virtio_net_tx_csum_offloaded",),
+        "the test skips when the device offers no TX offload (user networking never does); required here, "
+        "that skip fails the run as before",
+        skip_token="VIRTIO_NET_CSUM_OFFLOAD_ZERO",
+    ),
+    _sel(
+        ("--require-net-udp-csum-offload", "--require-virtio-net-udp-csum-offload"),
+        ("test_net.py::test_virtio_net_udp_csum_offloaded",),
+        "as --require-net-csum-offload, for UDP",
+        skip_token="VIRTIO_NET_UDP_CSUM_OFFLOAD_ZERO",
+    ),
     *(_msix(dev) for dev in ("blk", "net", "input", "snd")),
-    _sel(("--require-virtio-input-binding",), ("test_input.py::test_virtio_input_binding",),
-         "the driver service binding must PASS"),
-    _sel(("--qemu-preflight-pci", "--qmp-preflight-pci"),
-         tuple(f"test_{d}.py::test_{d}_pci_preflight" for d in ("blk", "net", "input", "snd")),
-         "QMP query-pci: vendor 1af4 and the modern device IDs (query-pci has no revision field)"),
+    _sel(
+        ("--require-virtio-input-binding",),
+        ("test_input.py::test_virtio_input_binding",),
+        "the driver service binding must PASS",
+    ),
+    _sel(
+        ("--qemu-preflight-pci", "--qmp-preflight-pci"),
+        tuple(f"test_{d}.py::test_{d}_pci_preflight" for d in ("blk", "net", "input", "snd")),
+        "QMP query-pci: vendor 1af4 and the modern device IDs (query-pci has no revision field)",
+    ),
     # -- what cannot be honoured --------------------------------------------------------------------------
-    _refuse(("--virtio-transitional",),
-            "the plugin runs transitional devices only for tests marked aero_vm(transitional=True); "
-            "pytest: `vmm_flows/test_selftest.py::test_transitional_pci_ids`"),
-    _refuse(("--disable-udp",),
-            "the UDP echo is always served and virtio-net-udp must come with RESULT|PASS; pytest: deselect "
-            "the test with `-k 'not test_virtio_net_udp'` (test_selftest_result still requires the marker)"),
-    _refuse(("--virtio-snd-wav-peak-threshold",),
-            "the WAV check is RMS and a dominant 440 Hz, not a peak; pytest: "
-            "`vmm_flows/test_snd.py::test_virtio_snd_wav_on_host`, or audio.check_tone in a test of your own",
-            metavar="N"),
-    _refuse(("--virtio-snd-wav-rms-threshold",),
-            "the WAV check's RMS floor is fixed; pytest: audio.check_tone(min_rms=...) in a test of your own",
-            metavar="N"),
-    _refuse(("--require-intx",),
-            "the msix tests check the mode the VM was configured for; pytest: --vm-msix-vectors=0 (old "
-            "--force-intx) with the test_virtio_*_msix tests, or `vmm_flows/test_blk.py::test_virtio_blk_intx`"),
-    _refuse(("--require-msi",),
-            "the msix tests require MSI-X itself, not MSI or MSI-X; pytest: the test_virtio_*_msix tests "
-            "(old --require-virtio-<dev>-msix)"),
-    _refuse(("--require-expect-blk-msi",),
-            "no test reads the guest's provisioning flags back; pytest: provision the guest with --expect-blk-msi "
-            "(reference guest: --vm-guest-arg=--expect-blk-msi)"),
+    _refuse(
+        ("--virtio-transitional",),
+        "the plugin runs transitional devices only for tests marked aero_vm(transitional=True); "
+        "pytest: `vmm_flows/test_selftest.py::test_transitional_pci_ids`",
+    ),
+    _refuse(
+        ("--disable-udp",),
+        "the UDP echo is always served and virtio-net-udp must come with RESULT|PASS; pytest: deselect "
+        "the test with `-k 'not test_virtio_net_udp'` (test_selftest_result still requires the marker)",
+    ),
+    _refuse(
+        ("--virtio-snd-wav-peak-threshold",),
+        "the WAV check is RMS and a dominant 440 Hz, not a peak; pytest: "
+        "`vmm_flows/test_snd.py::test_virtio_snd_wav_on_host`, or audio.check_tone in a test of your own",
+        metavar="N",
+    ),
+    _refuse(
+        ("--virtio-snd-wav-rms-threshold",),
+        "the WAV check's RMS floor is fixed; pytest: audio.check_tone(min_rms=...) in a test of your own",
+        metavar="N",
+    ),
+    _refuse(
+        ("--require-intx",),
+        "the msix tests check the mode the VM was configured for; pytest: --vm-msix-vectors=0 (old "
+        "--force-intx) with the test_virtio_*_msix tests, or `vmm_flows/test_blk.py::test_virtio_blk_intx`",
+    ),
+    _refuse(
+        ("--require-msi",),
+        "the msix tests require MSI-X itself, not MSI or MSI-X; pytest: the test_virtio_*_msix tests "
+        "(old --require-virtio-<dev>-msix)",
+    ),
+    _refuse(
+        ("--require-expect-blk-msi",),
+        "no test reads the guest's provisioning flags back; pytest: provision the guest with --expect-blk-msi "
+        "(reference guest: --vm-guest-arg=--expect-blk-msi)",
+    ),
     # Six separate options of the old harness, one refusal.
-    _refuse(("--require-no-blk-recovery", "--fail-on-blk-recovery", "--require-no-blk-reset-recovery",
-             "--fail-on-blk-reset-recovery", "--require-no-blk-miniport-flags", "--fail-on-blk-miniport-flags"),
-            _NO_COUNTER_TEST),
+    _refuse(
+        (
+            "--require-no-blk-recovery",
+            "--fail-on-blk-recovery",
+            "--require-no-blk-reset-recovery",
+            "--fail-on-blk-reset-recovery",
+            "--require-no-blk-miniport-flags",
+            "--fail-on-blk-miniport-flags",
+        ),
+        _NO_COUNTER_TEST,
+    ),
 )
 
 
@@ -334,8 +451,10 @@ def mapping_text(row: OldOption) -> str:
         return "selects " + ", ".join(f"`{FLOWS}/{t}`" for t in row.tests)
     if row.kind == "choice":
         assert row.choices is not None
-        parts = [f"`{v}`: " + (", ".join(f"selects `{FLOWS}/{t}`" for t in ts) or "nothing to select")
-                 for v, ts in row.choices.items()]
+        parts = [
+            f"`{v}`: " + (", ".join(f"selects `{FLOWS}/{t}`" for t in ts) or "nothing to select")
+            for v, ts in row.choices.items()
+        ]
         return "; ".join(parts)
     if row.kind == "copy":
         default = f" (default {row.default})" if row.default is not None else ""
@@ -347,8 +466,9 @@ def markdown_rows() -> list[str]:
     """The rows of the migration guide's option table, generated from :data:`OLD_OPTIONS`."""
     rows = ["| old option | here | notes |", "|---|---|---|"]
     for row in OLD_OPTIONS:
-        flags = " / ".join(f"`{f}`" + (f" {row.metavar}" if i == 0 and row.takes_value else "")
-                           for i, f in enumerate(row.flags))
+        flags = " / ".join(
+            f"`{f}`" + (f" {row.metavar}" if i == 0 and row.takes_value else "") for i, f in enumerate(row.flags)
+        )
         cells = (flags, mapping_text(row), row.note)
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return rows
