@@ -145,6 +145,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ARGS",
     ),
     Option(
+        "--vm-provisioning",
+        "vm_provisioning",
+        "how the guest learns its opt-in flags and the host's ports: fw_cfg (sent each boot as opt/aero/args, read "
+        "by guests that can) or baked (nothing sent: the guest runs the flags provisioned into its image, and the "
+        "host serves the fixed ports 18080/18081)",
+        default="fw_cfg",
+        choices=("fw_cfg", "baked"),
+    ),
+    Option(
         "--vm-http-port",
         "vm_http_port",
         "host HTTP port, or 'auto' (ephemeral, told to the guest); default auto for the reference guest, "

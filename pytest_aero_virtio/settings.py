@@ -36,6 +36,8 @@ class Settings:
     follow_serial: bool = False
     #: ``--vm-replay``: judge this recording instead of booting (no QEMU, no image, no services).
     replay: Path | None = None
+    #: ``--vm-provisioning``: ``fw_cfg`` sends the guest its flags and ports each boot; ``baked`` sends nothing.
+    provisioning: str = "fw_cfg"
 
 
 def resolve_qemu(value: str | None) -> QemuCommand:
@@ -80,12 +82,15 @@ def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, st
 
 
 def _run_options(raw: dict[str, Any], replay: bool) -> tuple[RunOptions, bool]:
+    """RunOptions from the raw values. Ports default to ephemeral ones only when the guest is told them: the
+    reference guest provisioned through fw_cfg; a guest with baked provisioning uses the fixed defaults."""
     if replay:  # nothing boots: no QEMU and no image to provision or check
         image, kernel, initrd, append, reference = Path("replay.img"), None, None, None, raw["vm_image"] is None
         qemu = QemuCommand(Path("qemu-system-x86_64"))
     else:
         image, kernel, initrd, append, reference = _boot_files(raw)
         qemu = resolve_qemu(raw["qemu_system"])
+    told = reference and raw["vm_provisioning"] == "fw_cfg"
     return (
         RunOptions(
             qemu=qemu,
@@ -100,8 +105,8 @@ def _run_options(raw: dict[str, Any], replay: bool) -> tuple[RunOptions, bool]:
             timeout_s=opts.parse_seconds("--vm-timeout", raw["vm_timeout"]),
             snapshot=raw["vm_snapshot"] != "off",
             extra_args=tuple(raw["qemu_extra_args"]),
-            http_port=opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if reference else DEFAULT_HTTP_PORT),
-            udp_port=opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if reference else DEFAULT_UDP_PORT),
+            http_port=opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if told else DEFAULT_HTTP_PORT),
+            udp_port=opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if told else DEFAULT_UDP_PORT),
             http_path=opts.parse_http_path(str(raw["vm_http_path"])),
             artifacts_dir=Path(str(raw["vm_artifacts"])).expanduser().resolve(),
             follow_serial=bool(raw["vm_follow_serial"]),
@@ -118,6 +123,11 @@ def settings_from_config(config: pytest.Config) -> Settings:
         if opt.choices and raw[opt.ini] is not None:
             opts.parse_choice(opt.flag, str(raw[opt.ini]), opt.choices)
     replay = Path(str(raw["vm_replay"])).expanduser().resolve() if raw["vm_replay"] else None
+    if raw["vm_provisioning"] == "baked" and raw["vm_guest_args"]:
+        raise AeroConfigError(
+            "--vm-guest-arg cannot reach a guest with --vm-provisioning=baked: nothing is sent to it",
+            fix="bake the arguments into the guest's image, or use --vm-provisioning=fw_cfg",
+        )
     run, reference = _run_options(raw, replay is not None)
     delta_mib = opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1) or 64
     return Settings(
@@ -129,4 +139,5 @@ def settings_from_config(config: pytest.Config) -> Settings:
         reference_guest=reference,
         follow_serial=run.follow_serial,
         replay=replay,
+        provisioning=str(raw["vm_provisioning"]),
     )

@@ -60,19 +60,21 @@ def runtime_paths(
 ) -> RuntimePaths:
     """The launch-time facts of one VM, for a boot and for the dry run alike (one rule for each of them).
 
-    The wav file exists only for a VM with sound on the wav backend; the overlay only with snapshot on.
+    The wav file exists only for a VM with sound on the wav backend; the overlay only with snapshot on; the
+    guest's arguments only with fw_cfg provisioning (a baked guest is sent nothing).
     """
+    args = guest_args(
+        config,
+        http_port=http_port,
+        udp_port=udp_port,
+        http_path=settings.options.http_path,
+        extra=settings.guest_extra_args,
+    )
     return RuntimePaths(
         serial=serial,  # type: ignore[arg-type]
         qmp=qmp,
         wav_path=wav_path if config.snd and config.audio == "wav" else None,
-        guest_args=guest_args(
-            config,
-            http_port=http_port,
-            udp_port=udp_port,
-            http_path=settings.options.http_path,
-            extra=settings.guest_extra_args,
-        ),
+        guest_args=args if settings.provisioning == "fw_cfg" else "",
         accel=accel,
         image_format=image_format,
         overlay=overlay if settings.options.snapshot else None,

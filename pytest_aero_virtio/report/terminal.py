@@ -50,7 +50,27 @@ def header_lines(run: AeroRun, verbose: bool = False) -> list[str]:
         lines.append(f"aero-virtio: {len(run.plan.vms)} VM(s) planned for {len(run.plan.order)} test(s)")
         for vm in run.plan.vms:
             lines += _vm_lines(vm, verbose)
+        lines += _opt_in_lines(run)
     return lines
+
+
+def _opt_in_lines(run: AeroRun) -> list[str]:
+    """Why a fixed image is asked for what it may not be provisioned for: the opt-in checks selected."""
+    assert run.plan is not None
+    wanted = sorted({(what, check) for vm in run.plan.vms for what, check in vm.why if what.startswith("--")})
+    how = (
+        "sent through fw_cfg (opt/aero/args)"
+        if run.settings.provisioning == "fw_cfg"
+        else "NOT sent (--vm-provisioning=baked): the image must have them baked in"
+    )
+    if not wanted:
+        return [f"aero-virtio: no opt-in check selected (base checks only); guest flags {how}"]
+    checks = ", ".join(f"{check} ({flag})" for flag, check in wanted)
+    return [
+        f"aero-virtio: opt-in checks selected, their guest flags {how}: {checks}",
+        "aero-virtio: a guest provisioned without a flag fails its check <CHECK>_SKIPPED; -m 'not aero_opt_in' "
+        "selects the base checks only",
+    ]
 
 
 def _replay_header(run: AeroRun, verbose: bool) -> list[str]:
