@@ -231,19 +231,11 @@ class RecordedVm(VmBase):
             self._http = parse_http_log(self._optional_text(log))
         return self._http
 
-    @property
-    def http_port(self) -> int:
-        port = self._host_log().http_port
-        if port is None:
-            raise EvidenceMissing(f"replay of {self.recording.label}: http.log does not say which port was served")
-        return port
-
-    @property
-    def udp_port(self) -> int:
-        port = self._host_log().udp_port
-        if port is None:
-            raise EvidenceMissing(f"replay of {self.recording.label}: http.log does not say which port was served")
-        return port
+    def ports(self) -> tuple[int, int]:
+        log = self._host_log()
+        if log.http_port is None or log.udp_port is None:
+            raise EvidenceMissing(f"replay of {self.recording.label}: http.log does not say which ports were served")
+        return log.http_port, log.udp_port
 
     def udp_datagrams(self) -> int:
         return self._host_log().echoed

@@ -85,15 +85,9 @@ class AeroVm:
     def planned(self) -> PlannedVm:
         return self.handle.planned
 
-    @property
-    def http_port(self) -> int:
-        """The port the host's HTTP server listens on (the guest was told it)."""
-        return self.handle.http_port
-
-    @property
-    def udp_port(self) -> int:
-        """The port the host's UDP echo listens on (the guest was told it)."""
-        return self.handle.udp_port
+    def ports(self) -> tuple[int, int]:
+        """(HTTP, UDP): the host ports the guest was told (replayed: the ports the recorded host served)."""
+        return self.handle.ports()
 
     def __repr__(self) -> str:
         return f"<AeroVm {self.planned.id}: {'; '.join(self.planned.describe()[:3])}>"

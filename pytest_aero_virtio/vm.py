@@ -153,13 +153,8 @@ class VmHandle(VmBase):
     def __repr__(self) -> str:
         return f"<VmHandle {self.planned.id} {self.planned.devices()} {self.session.state.value}>"
 
-    @property
-    def http_port(self) -> int:
-        return self.services.http_port
-
-    @property
-    def udp_port(self) -> int:
-        return self.services.udp_port
+    def ports(self) -> tuple[int, int]:
+        return self.services.http_port, self.services.udp_port
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _argv(self, serial_fd: int, qmp_fd: int) -> list[str]:

@@ -56,12 +56,8 @@ class VmBase:
     def options(self) -> RunOptions:
         return self.settings.options
 
-    @property
-    def http_port(self) -> int:
-        raise NotImplementedError
-
-    @property
-    def udp_port(self) -> int:
+    def ports(self) -> tuple[int, int]:
+        """(HTTP, UDP): the host ports the guest was told, live, or that the recorded host served."""
         raise NotImplementedError
 
     def start(self) -> None:
