@@ -1,6 +1,6 @@
 """The error hierarchy of the plugin: every error carries a token, a cause and (when known) a fix.
 
-Users' CI greps the original harness's output for ``FAIL: <TOKEN>: ...`` (PROTOCOL.md section 7), so the
+Users' CI greps the original harness's output for ``FAIL: <TOKEN>: ...`` (docs/protocol.md), so the
 token is part of the public interface: ``str(error)`` starts with exactly that prefix, and every token the
 protocol knows is a constant here, so no module spells one by hand.
 
@@ -57,7 +57,7 @@ __all__ = [
     "token_for",
 ]
 
-# --- tokens of the original harness (PROTOCOL.md section 7); CI greps these exact strings ---------------
+# --- tokens of the original harness (docs/protocol.md); CI greps these exact strings ---------------
 TIMEOUT = "TIMEOUT"
 QEMU_EXITED = "QEMU_EXITED"
 SELFTEST_FAILED = "SELFTEST_FAILED"

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from .plan import Plan, PlannedVm
     from .vmbase import VmBase
 
-#: Modern-only virtio-pci device IDs by device group, keyed by our QEMU device ids (PROTOCOL.md section 5).
+#: Modern-only virtio-pci device IDs by device group, keyed by our QEMU device ids (docs/protocol.md).
 MODERN_IDS: dict[str, dict[str, int]] = {
     "blk": {"vblk0": 0x1042},
     "net": {"vnet0": 0x1041},
@@ -215,7 +215,7 @@ class AeroVm:
     def pci_preflight(self, expected: Mapping[str, int], mode: str = "modern") -> None:
         """QEMU's ``query-pci`` must show our devices with the virtio vendor and the expected device IDs.
 
-        ``query-pci`` has no revision field and no MSI-X state (PROTOCOL.md section 6), so IDs are all a
+        ``query-pci`` has no revision field and no MSI-X state (docs/protocol.md), so IDs are all a
         host-side preflight can check honestly.
         """
         seen = self.handle.pci_devices()
