@@ -26,6 +26,7 @@ from .plan import ItemNeeds, PlannedVm, make_plan
 from .pool import VmPool
 from .qemu.process import kill_all
 from .report.dryrun import dry_run_lines
+from .report.hooks import ObservePlugin
 from .report.terminal import header_lines, summary_lines, terminal_writer
 from .run import AeroRun
 from .settings import settings_from_config
@@ -89,6 +90,8 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    # Progress, screenshots, kept VMs, JUnit and HTML evidence: their hooks live in report/hooks.py.
+    config.pluginmanager.register(ObservePlugin(config, _RUN_KEY, _VM_KEY), "aero-virtio-observe")
     _kill_qemu_on_sigterm()
 
 

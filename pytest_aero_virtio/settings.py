@@ -34,6 +34,10 @@ class Settings:
     blk_resize_delta: int
     reference_guest: bool
     follow_serial: bool = False
+    #: --vm-keep-on-failure: after a failed test, wait for Enter before the VM is stopped.
+    keep_on_failure: bool = False
+    #: Every VM gets its attach point (a QMP and a console unix socket, VNC): keep-on-failure or --pdb.
+    attachable: bool = False
 
 
 def resolve_qemu(value: str | None) -> QemuCommand:
@@ -120,4 +124,6 @@ def settings_from_config(config: pytest.Config) -> Settings:
         blk_resize_delta=delta_mib << 20,
         reference_guest=reference,
         follow_serial=run.follow_serial,
+        keep_on_failure=bool(raw["vm_keep_on_failure"]),
+        attachable=bool(raw["vm_keep_on_failure"]) or bool(getattr(config.option, "usepdb", False)),
     )

@@ -58,13 +58,24 @@ def expected_irq_mode(vectors: int | None) -> str:
 
 @contextmanager
 def _verdict(vm: AeroVm) -> Iterator[None]:
-    """Turn an AeroError into a pytest failure whose first line is ``FAIL: TOKEN: message``."""
+    """Turn an AeroError into a pytest failure whose first line is ``FAIL: TOKEN: message``.
+
+    The failure suppresses its context (``from None``), so the report shows it once, not the AeroError, then
+    "During handling of the above exception" and the same text again; the screenshot is among its artifacts.
+    """
+    text: str | None = None
     try:
         yield
     except AeroFailure as exc:
-        pytest.fail(str(exc.with_context(vm.handle.serial_tail(), vm.handle.artifact_paths())), pytrace=False)
+        vm.handle.failure_screenshot(vm._node.name)  # first, so the failure text names it among the artifacts
+        text = str(exc.with_context(vm.handle.serial_tail(), vm.handle.artifact_paths()))
     except AeroError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        text = str(exc)
+    if text is not None:
+        try:
+            pytest.fail(text, pytrace=False)
+        except pytest.fail.Exception as failed:
+            raise failed from None
 
 
 def test_checks(node: pytest.Item) -> tuple[str, ...]:
