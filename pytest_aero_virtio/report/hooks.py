@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,13 @@ LOG = logging.getLogger(__name__)
 
 
 def _headline(report: pytest.TestReport) -> str:
-    """The line a person needs first: ``FAIL: TOKEN: ...`` or the last line of a traceback."""
-    lines = [line for line in report.longreprtext.splitlines() if line.strip()]
+    """The line a person needs first: ``FAIL: TOKEN: ...``, the assertion (``E ...``), or the last line."""
+    lines = [line.strip() for line in report.longreprtext.splitlines() if line.strip()]
     for line in lines:
-        if line.lstrip("E ").startswith("FAIL: "):
-            return line.lstrip("E ")
-    return lines[-1] if lines else report.outcome
+        if line.startswith("FAIL: "):
+            return line
+    errors = [line.removeprefix("E").strip() for line in lines if line.startswith("E ")]
+    return errors[0] if errors else (lines[-1] if lines else report.outcome)
 
 
 class ObservePlugin:
@@ -117,6 +118,15 @@ class ObservePlugin:
         if self._ticker is not None:
             self._ticker.erase()
 
+    def _say(self, say: Callable[[str], None]) -> Callable[[str], None]:
+        """``say``, erasing the in-place status first (a banner must not be drawn over it)."""
+
+        def write(line: str) -> None:
+            self._erase()
+            say(line)
+
+        return write
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logstart(self) -> None:
         self._erase()
@@ -144,7 +154,7 @@ class ObservePlugin:
                 report.sections.append(("aero-virtio screenshot", str(shot)))
             run = item.config.stash[self._run_key]
             if run.settings.keep_on_failure and handle.keep is None and run.say is not None:
-                handle.keep = KeepRequest(item.nodeid, _headline(report), run.say)
+                handle.keep = KeepRequest(item.nodeid, _headline(report), self._say(run.say))
         if report.when == "teardown":
             self._evidence(item, report, handle)
 
@@ -175,7 +185,7 @@ class ObservePlugin:
             return
         handle = self._handle(node)
         run = node.config.stash.get(self._run_key, None)
-        if handle is not None and run is not None and run.say is not None and announce(handle, run.say):
+        if handle is not None and run is not None and run.say is not None and announce(handle, self._say(run.say)):
             run.say("aero-virtio: the VM stays up while pdb runs; it is stopped as usual once the test ends")
 
     # -- JUnit ------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STATUS_COLOURS", "read_timeline", "spectrum_png", "timeline_png", "wav_mono"]
+__all__ = ["STATUS_COLOURS", "read_timeline", "spectrum", "spectrum_png", "timeline_png", "wav_mono"]
 
 #: Marker status -> colour in the timeline (host markers are drawn as "HOST").
 STATUS_COLOURS = {
@@ -68,24 +68,30 @@ def wav_mono(data: bytes) -> tuple[Any, int]:
     return samples.reshape(-1, channels).mean(axis=1), rate
 
 
-def spectrum_png(wav: Path, expect_hz: float = 440.0) -> bytes:
-    """The recording's magnitude spectrum (dB, 0-2 kHz) with its strongest peak marked, and the expected tone."""
+def spectrum(mono: Any, rate: int) -> tuple[Any, Any, float]:
+    """(frequencies, level in dB relative to the strongest bin, the strongest frequency above 20 Hz) of one
+    Hann-windowed FFT over the first 32768 samples."""
     import numpy as np
 
+    n = min(len(mono), 1 << 15)
+    magnitude = np.abs(np.fft.rfft(mono[:n] * np.hanning(n)))
+    freqs = np.fft.rfftfreq(n, 1 / rate)
+    db = 20 * np.log10(magnitude / (magnitude.max() or 1.0) + 1e-9)
+    usable = freqs >= 20
+    return freqs, db, float(freqs[usable][np.argmax(magnitude[usable])])
+
+
+def spectrum_png(wav: Path, expect_hz: float = 440.0) -> bytes:
+    """The recording's magnitude spectrum (dB, 0-2 kHz) with its strongest peak marked, and the expected tone."""
     mono, rate = wav_mono(wav.read_bytes())
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 3))
     if len(mono) < 64:
         ax.text(0.5, 0.5, "no audio frames recorded", ha="center", va="center", transform=ax.transAxes)
     else:
-        frame = mono[: min(len(mono), 1 << 15)] * np.hanning(min(len(mono), 1 << 15))
-        magnitude = np.abs(np.fft.rfft(frame))
-        freqs = np.fft.rfftfreq(len(frame), 1 / rate)
-        db = 20 * np.log10(magnitude / (magnitude.max() or 1.0) + 1e-9)
+        freqs, db, peak = spectrum(mono, rate)
         shown = freqs <= 2000
         ax.plot(freqs[shown], db[shown], color="#1565c0", linewidth=0.8)
-        usable = freqs >= 20
-        peak = float(freqs[usable][np.argmax(magnitude[usable])])
         ax.axvline(expect_hz, color="#9e9e9e", linestyle="--", linewidth=0.8, label=f"expected {expect_hz:g} Hz")
         ax.plot([peak], [0.0], marker="v", color="#c62828", markersize=9, label=f"peak {peak:.1f} Hz")
         ax.annotate(f"{peak:.1f} Hz", (peak, 0.0), xytext=(6, -14), textcoords="offset points", color="#c62828")
