@@ -24,6 +24,9 @@ __all__ = ["RowEvidence", "img_tag", "row_extras", "row_html"]
 
 LOG = logging.getLogger(__name__)
 
+#: Long serial lines wrap instead of widening the results table past the window.
+_PRE = "white-space:pre-wrap;word-break:break-all;max-width:1200px"
+
 
 @dataclass
 class RowEvidence:
@@ -82,7 +85,8 @@ def row_html(ev: RowEvidence) -> str:
         note = f"plots need the html extra (pip install 'pytest-aero-virtio[html]'): {exc}"
         parts.append(f"<p>{html.escape(note)}</p>")
     serial = "\n".join(ev.tail) or "(no serial output)"
-    parts.append(f'<p>last {len(ev.tail)} serial lines</p><pre class="aero-serial">{html.escape(serial)}</pre></div>')
+    parts.append(f"<p>last {len(ev.tail)} serial lines</p>")
+    parts.append(f'<pre class="aero-serial" style="{_PRE}">{html.escape(serial)}</pre></div>')
     return "".join(parts)
 
 

@@ -138,6 +138,7 @@ def timeline_png(entries: Sequence[dict[str, Any]], title: str) -> bytes:
         legend = status if status not in seen else None
         seen.add(status)
         ax.scatter([float(entry["t"])], [rows[label]], color=colour, s=26, zorder=3, label=legend)
+    ax.set_xlim(left=0)  # from QEMU's start: the boot is part of the story
     ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
     ax.invert_yaxis()
     ax.grid(axis="x", linestyle=":", linewidth=0.6)

@@ -167,7 +167,8 @@ class ProgressTicker:
         self._line_every_s = line_every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aero-progress", daemon=True)
-        self._next_lines: float | None = None
+        #: Progress lines said so far per VM (by id of its handle).
+        self._said: dict[int, int] = {}
 
     def start(self) -> None:
         if self._verbosity > -2 and (self._say is not None or self._in_place is not None):
@@ -195,19 +196,19 @@ class ProgressTicker:
     def tick(self, now: float) -> None:
         running = [h for h in self._handles() if h.session.alive and h.started_at]
         if not running:
-            self._next_lines = None
             self.erase()
             return
-        states = [snapshot(h, now) for h in running]
         if self._in_place is not None:
+            states = [snapshot(h, now) for h in running]
             lines = progress_lines(states, -1 if self._verbosity < 0 else 0)
             self._in_place.draw(" · ".join(text.removeprefix("aero-virtio: ") for text in lines))
             return
-        if self._next_lines is None:
-            self._next_lines = now + self._line_every_s
-        if now >= self._next_lines and self._say is not None:
-            self._next_lines = now + self._line_every_s
-            lines = progress_lines(states, self._verbosity)
+        due = [h for h in running if now - h.started_at >= self._line_every_s * (self._said.get(id(h), 0) + 1)]
+        if due and self._say is not None:
+            for h in due:  # each VM every line_every_s of its own run time
+                self._said[id(h)] = int((now - h.started_at) // self._line_every_s)
+            shown = [snapshot(h, now) for h in (running if self._verbosity < 0 else due)]
+            lines = progress_lines(shown, self._verbosity)
             if lines and self._column is not None and self._column() > 0:
                 lines[0] = "\n" + lines[0]  # pytest's line is not finished: start ours on a line of its own
             for text in lines:

@@ -101,7 +101,8 @@ def test_progress_lines_by_verbosity() -> None:
 
 
 class _Session:
-    alive = True
+    def __init__(self) -> None:
+        self.alive = True
 
 
 class _Handle:
@@ -128,23 +129,28 @@ def test_snapshot_reads_the_stream_and_the_current_wait() -> None:
     assert snapshot(handle, now).last == "host VIRTIO_BLK_RESIZE|PASS"  # type: ignore[arg-type]
 
 
-def test_ticker_prints_lines_every_30s_without_a_terminal() -> None:
+def test_ticker_prints_a_line_per_vm_every_30s_of_its_run_without_a_terminal() -> None:
     said: list[str] = []
-    handle = _Handle(1000.0)
+    first, second = _Handle(1000.0), _Handle(1020.0)
+    second.planned = type("P", (), {"id": "vm4"})()
+    running = [first]
     column = [7]
-    ticker = ProgressTicker(lambda: [handle], 0, said.append, column=lambda: column[0])  # type: ignore[list-item]
-    for now in (1001.0, 1020.0, 1030.9):
+    ticker = ProgressTicker(lambda: running, 0, said.append, column=lambda: column[0])  # type: ignore[arg-type]
+    for now in (1001.0, 1020.0, 1029.9):
         ticker.tick(now)
-    assert said == []  # the first line comes 30 s after the ticker first saw the VM
-    ticker.tick(1031.0)
-    assert len(said) == 1 and said[0].startswith("\naero-virtio: vm3 up 31s")  # pytest's line was unfinished
+    assert said == []  # a VM's first line comes after it ran 30 s
+    ticker.tick(1030.5)
+    assert said == ["\naero-virtio: vm3 up 30s, no marker yet"]  # pytest's line was unfinished: a line of its own
     column[0] = 0
-    ticker.tick(1050.0)
+    running.append(second)  # a second VM on its own schedule
+    for now in (1045.0, 1050.2, 1059.0):
+        ticker.tick(now)
+    assert said[1:] == ["aero-virtio: vm4 up 30s, no marker yet"]
     ticker.tick(1061.0)
-    assert len(said) == 2 and said[1].startswith("aero-virtio: vm3 up 1m01s")
-    handle.session.alive = False
+    assert said[2:] == ["aero-virtio: vm3 up 1m01s, no marker yet"]
+    first.session.alive = second.session.alive = False
     ticker.tick(1200.0)
-    assert len(said) == 2  # nothing runs: nothing to say
+    assert len(said) == 3  # nothing runs: nothing to say
 
 
 def test_ticker_stays_silent_under_qq() -> None:
