@@ -150,7 +150,9 @@ def announce(handle: VmHandle, say: Callable[[str], None]) -> bool:
     vnc_port = None
     with contextlib.suppress(Exception):
         vnc_port = int(handle.qmp("query-vnc").get("service") or 0) or None
-    for line in attach_lines(handle.planned.id, point, vnc_port, handle.latest_screenshot()):
+    lines = attach_lines(handle.planned.id, point, vnc_port, handle.latest_screenshot())
+    lines[0] = "\n" + lines[0]  # pytest's line of test outcomes may be unfinished: start on a line of our own
+    for line in lines:
         say(line)
     return True
 

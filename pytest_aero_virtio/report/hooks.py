@@ -188,6 +188,14 @@ class ObservePlugin:
         if handle is not None and run is not None and run.say is not None and announce(handle, self._say(run.say)):
             run.say("aero-virtio: the VM stays up while pdb runs; it is stopped as usual once the test ends")
 
+    def pytest_enter_pdb(self) -> None:
+        if self._ticker is not None:
+            self._ticker.pause(True)
+
+    def pytest_leave_pdb(self) -> None:
+        if self._ticker is not None:
+            self._ticker.pause(False)
+
     # -- JUnit ------------------------------------------------------------------------------------------------
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -166,6 +166,7 @@ class ProgressTicker:
         self._tick_s = tick_s
         self._line_every_s = line_every_s
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aero-progress", daemon=True)
         #: Progress lines said so far per VM (by id of its handle).
         self._said: dict[int, int] = {}
@@ -181,6 +182,14 @@ class ProgressTicker:
         if self._in_place is not None:
             self._in_place.erase()
 
+    def pause(self, paused: bool) -> None:
+        """While pdb owns the terminal, no status is drawn (and none left behind)."""
+        if paused:
+            self._paused.set()
+            self.erase()
+        else:
+            self._paused.clear()
+
     def erase(self) -> None:
         """Before pytest writes to the terminal (its report hooks call this)."""
         if self._in_place is not None:
@@ -188,6 +197,8 @@ class ProgressTicker:
 
     def _run(self) -> None:
         while not self._stop.wait(self._tick_s):
+            if self._paused.is_set():
+                continue
             try:
                 self.tick(time.monotonic())
             except Exception:  # progress is a courtesy: it must never break a run

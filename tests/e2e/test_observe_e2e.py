@@ -111,27 +111,35 @@ def page_screenshot(report: Path, out: Path) -> Path:
 
 
 def test_silent_foreign_guest_leaves_a_screenshot_per_vm(pytester: pytest.Pytester, artifacts: Path) -> None:
-    """A guest that never prints (a blank disk: the firmware finds nothing to boot) on two VMs: each failure
-    names its VM's screenshot, JUnit attaches it, progress lines come while the test waits, and the HTML
-    report shows it in a real browser."""
+    """A guest that never prints (a blank disk: the firmware finds nothing to boot) on two VMs, one per xdist
+    worker: each failure names its VM's screenshot, JUnit (written by the controller) attaches it, the workers
+    print progress lines while the tests wait, and the HTML report shows the screenshots in a real browser."""
     blank = pytester.path / "blank.img"
     blank.write_bytes(b"\0" * (1 << 20))
     junit, report = pytester.path / "junit.xml", pytester.path / "report.html"
     res = _run(
         pytester, TWO_VMS, *_named(artifacts), f"--vm-image={blank}", "--vm-silence-timeout=32",
-        f"--junitxml={junit}", f"--html={report}", "--self-contained-html",
+        f"--junitxml={junit}", f"--html={report}", "--self-contained-html", "-n", "2",
+        "--vm-http-port=auto", "--vm-udp-port=auto",  # a foreign guest's fixed ports would make the VMs take turns
     )  # fmt: skip
     res.assert_outcomes(failed=2)
     out = res.stdout.str() + res.stderr.str()
     shots = sorted(artifacts.glob("*/screen-fail-*.png"))
-    assert [p.parent.name for p in shots] == ["vm0", "vm1"], out
+    assert sorted(p.parent.name[-3:] for p in shots) == ["vm0", "vm1"], out  # gw0-vm0, gw1-vm1
     for shot in shots:
         assert shot.read_bytes()[:8] == PNG
         assert f"screenshot: {shot}" in out  # named in the failure text
     # a non-TTY run: a progress line per VM once it has run 30 s, saying what the test waits for
     for vm in ("vm0", "vm1"):
-        assert re.search(rf"aero-virtio: {vm} up 3\ds, no marker yet; the test waits for the final virtio-blk", out)
-    cases = ET.parse(junit).getroot().findall("./testsuite/testcase")
+        line = rf"\[gw\d\] aero-virtio: {vm} up 3\ds, no marker yet; the test waits for the final virtio-blk"
+        assert re.search(line, out), out
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    props = {p.get("name"): p.get("value") for p in suite.findall("./properties/property")}
+    assert props["aero.image"] == str(blank) and props["aero.image_bytes"] == str(1 << 20), props
+    assert props["aero.qemu_version"] and props["aero.accel"] and len(props["aero.image_sha256"] or "") == 16
+    cases = suite.findall("testcase")
+    assert len(cases) == 2
     for case in cases:
         attached = re.findall(r"\[\[ATTACHMENT\|(.+?)\]\]", case.findtext("system-out") or "")
         pngs = [pytester.path / p for p in attached if p.endswith(".png")]
