@@ -39,7 +39,8 @@ def _pyplot() -> Any:
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
     _pyplot().close(fig)
     return buf.getvalue()
 
@@ -131,21 +132,22 @@ def timeline_png(entries: Sequence[dict[str, Any]], title: str) -> bytes:
     for entry in entries:
         rows.setdefault(_label(entry)[0], len(rows))
     fig, ax = plt.subplots(figsize=(8, max(2.0, 0.28 * len(rows) + 1.0)))
-    seen: set[str] = set()
+    by_status: dict[str, tuple[list[float], list[int]]] = {}
     for entry in entries:
         label, status = _label(entry)
-        colour = STATUS_COLOURS.get(status, "#424242")
-        legend = status if status not in seen else None
-        seen.add(status)
-        ax.scatter([float(entry["t"])], [rows[label]], color=colour, s=26, zorder=3, label=legend)
+        xs, ys = by_status.setdefault(status, ([], []))
+        xs.append(float(entry["t"]))
+        ys.append(rows[label])
+    for status, (xs, ys) in by_status.items():  # one scatter per status: one legend entry each, and fast
+        ax.scatter(xs, ys, color=STATUS_COLOURS.get(status, "#424242"), s=26, zorder=3, label=status)
     ax.set_xlim(left=0)  # from QEMU's start: the boot is part of the story
     ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
     ax.invert_yaxis()
     ax.grid(axis="x", linestyle=":", linewidth=0.6)
     ax.set_xlabel("seconds after QEMU started")
     ax.set_title(title, fontsize=10)
-    if seen:
-        ax.legend(loc="lower right", fontsize=7)
+    if by_status:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)  # outside: never over a marker
     if not entries:
         ax.text(0.5, 0.5, "no markers arrived", ha="center", va="center", transform=ax.transAxes)
     return _png(fig)
