@@ -232,7 +232,10 @@ class VmHandle:
             self._pci = self._query_pci()
 
     def stop(self) -> str:
-        interrupted = self._last_look()
+        try:
+            interrupted = self._last_look()
+        except BaseException as exc:  # pytest-timeout firing while a person looks: stop all the same, re-raise
+            interrupted = exc
         try:
             ending = self.session.stop().value
             LOG.info("%s: stopped (%s)", self.planned.id, ending)

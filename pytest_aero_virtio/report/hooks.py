@@ -90,7 +90,8 @@ class ObservePlugin:
             return list(run.started_pool.booted) if run.started_pool is not None else []
 
         column = None
-        if "PYTEST_XDIST_WORKER" not in os.environ:  # only here is pytest's terminal line ours to look at
+        has_terminal = config.pluginmanager.get_plugin("terminalreporter") is not None
+        if "PYTEST_XDIST_WORKER" not in os.environ and has_terminal:  # only here is pytest's line ours to read
             tw = config.get_terminal_writer()
             column = lambda: tw.width_of_current_line  # noqa: E731
         return ProgressTicker(handles, config.get_verbosity(), run.say, self._in_place(config, run), column)
@@ -100,6 +101,7 @@ class ObservePlugin:
         """A status redrawn in place, only where nothing else writes to the terminal while tests run."""
         quiet_terminal = (
             "PYTEST_XDIST_WORKER" not in os.environ
+            and config.pluginmanager.get_plugin("terminalreporter") is not None
             and config.getoption("capture") != "no"
             and not run.settings.follow_serial
             and not config.getoption("log_cli_level")

@@ -140,6 +140,12 @@ class InPlace:
             self._write("\x1b[K")
             self._shown = False
 
+    def close(self) -> None:
+        """Erase the status and give the terminal descriptor back."""
+        self.erase()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
     def _write(self, text: str) -> None:
         with contextlib.suppress(OSError):
             os.write(self._fd, text.encode(errors="replace"))
@@ -180,7 +186,7 @@ class ProgressTicker:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         if self._in_place is not None:
-            self._in_place.erase()
+            self._in_place.close()
 
     def pause(self, paused: bool) -> None:
         """While pdb owns the terminal, no status is drawn (and none left behind)."""
