@@ -8,11 +8,20 @@ makes one of these unnecessary or breaks it, this is the only module to change; 
 from __future__ import annotations
 
 import os
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
 
-__all__ = ["XDIST_LOADGROUP_ISSUE", "set_node_id", "terminal_fd"]
+__all__ = [
+    "XDIST_LOADGROUP_ISSUE",
+    "junit_case",
+    "junit_case_output",
+    "junit_suite_property",
+    "junit_xml",
+    "set_node_id",
+    "terminal_fd",
+]
 
 #: pytest-xdist's own ``xdist_group`` handling assigns ``item._nodeid``, which pytest 9 no longer reads (it
 #: keeps the id in ``item._id``), so ``--dist loadgroup`` silently stops grouping. Upstream issue:
@@ -49,3 +58,68 @@ def terminal_fd(config: pytest.Config) -> int:
         if isinstance(saved, int):
             return os.dup(saved)
     return os.dup(2)
+
+
+def junit_xml(config: pytest.Config) -> Any | None:
+    """pytest's JUnit writer (``_pytest.junitxml.LogXML``) when ``--junitxml`` is given, else None.
+
+    Why: a plugin has no public way to add a test case's ``system-out`` (pytest writes none with the default
+    ``junit_logging=no``) or a suite property from the xdist controller (``record_testsuite_property`` is a
+    fixture, and fixtures run in the workers, where there is no XML). The writer sits in the config's stash
+    under ``_pytest.junitxml.xml_key``.
+    """
+    from _pytest.junitxml import xml_key
+
+    return config.stash.get(xml_key, None)
+
+
+def junit_case(logxml: Any, report: pytest.TestReport) -> Any | None:
+    """The finished test case of ``report``'s test (a ``_NodeReporter`` that pytest finalized), or None.
+
+    Why: pytest builds a ``<testcase>`` per test and finalizes it while handling the teardown report; a plugin
+    hook that runs after that (trylast) finds it among ``LogXML.node_reporters_ordered`` by its name and class
+    name (``mangle_test_address``, as pytest derives them), the node id being final by then (the plugin drops
+    its xdist scheduling suffix first).
+    """
+    from _pytest.junitxml import bin_xml_escape, mangle_test_address
+
+    names = mangle_test_address(report.nodeid)
+    name, classname = bin_xml_escape(names[-1]), ".".join(names[:-1])
+    for case in reversed(logxml.node_reporters_ordered):
+        if getattr(case, "nodes", None) is not None:
+            continue  # still open: not this report's (finalized) case
+        element = case.to_xml()
+        if element.get("name") == name and str(element.get("classname", "")).endswith(classname):
+            return case
+    return None
+
+
+def junit_case_output(case: Any, text: str) -> None:
+    """Add ``text`` to the test case's ``<system-out>``, merged into the one pytest wrote if any.
+
+    Works before and after pytest finalized the case: once finalized, ``_NodeReporter`` keeps only the built
+    element (``to_xml()`` returns it). ``bin_xml_escape`` drops what XML cannot carry (a serial line holds
+    control characters and ANSI escapes).
+    """
+    from _pytest.junitxml import bin_xml_escape
+
+    escaped = bin_xml_escape(text)
+    nodes: list[ET.Element] | None = getattr(case, "nodes", None)
+    if nodes is None:  # finalized: edit the built <testcase> element itself
+        element = case.to_xml()
+        nodes = list(element)
+        existing = next((n for n in nodes if n.tag == "system-out"), None)
+        if existing is None:
+            existing = ET.SubElement(element, "system-out")
+    else:
+        existing = next((n for n in nodes if n.tag == "system-out"), None)
+        if existing is None:
+            existing = ET.Element("system-out")
+            nodes.append(existing)
+    existing.text = (existing.text + "\n" if existing.text else "") + escaped
+
+
+def junit_suite_property(logxml: Any, name: str, value: str) -> None:
+    """A ``<property>`` of the test suite (``LogXML.add_global_property``, what ``record_testsuite_property``
+    calls), added by the process that writes the XML: the xdist controller, or the only process."""
+    logxml.add_global_property(name, value)

@@ -21,6 +21,7 @@ from pathlib import Path
 __all__ = [
     "ALL_FIXED_TOKENS",
     "CONFIG_ERROR",
+    "FAIL_PREFIX",
     "HOST_HTTP_NOT_SEEN",
     "HOST_UDP_NOT_SEEN",
     "IMAGE_UNREADABLE",
@@ -145,9 +146,13 @@ def skipped_token(test_name: str) -> str:
     return token_for(test_name, "SKIPPED")
 
 
+#: How every failure line starts (``FAIL: <TOKEN>: <message>``).
+FAIL_PREFIX = "FAIL: "
+
+
 def fail_line(token: str, message: str) -> str:
     """``FAIL: <TOKEN>: <message>``: the first line of every failure, what CI greps (the old harness's form)."""
-    return f"FAIL: {token}: {message}"
+    return f"{FAIL_PREFIX}{token}: {message}"
 
 
 def bad_field_token(name: str) -> str:

@@ -210,6 +210,13 @@ OPTIONS: tuple[Option, ...] = (
         kind="path",
         metavar="PATH",
     ),
+    Option(
+        "--vm-keep-on-failure",
+        "vm_keep_on_failure",
+        "when a test of a VM fails, keep that VM running, print how to reach it (QMP and console unix sockets, "
+        "VNC on 127.0.0.1) and wait for Enter before stopping it; --pdb keeps it reachable while pdb runs",
+        kind="bool",
+    ),
     _vectors_option(None),
     *(_vectors_option(dev) for dev in ("blk", "net", "input", "snd")),
     Option(

@@ -27,6 +27,7 @@ from .plan import ItemNeeds, PlannedVm, make_plan
 from .pool import VmPool
 from .qemu.process import kill_all
 from .report.dryrun import dry_run_lines
+from .report.hooks import ObservePlugin
 from .report.terminal import header_lines, summary_lines, terminal_writer
 from .run import AeroRun
 from .settings import settings_from_config
@@ -91,6 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     config.pluginmanager.register(sharding, "aero-virtio-sharding")
+    # Progress, screenshots, kept VMs, JUnit and HTML evidence: their hooks live in report/hooks.py.
+    config.pluginmanager.register(ObservePlugin(config, _RUN_KEY, _VM_KEY), "aero-virtio-observe")
     _kill_qemu_on_sigterm()
 
 
@@ -249,12 +252,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     try:
         return (yield)
     except AeroFailure as exc:
-        vm = (
-            next((v for v in item.funcargs.values() if isinstance(v, AeroVm)), None)
-            if hasattr(item, "funcargs")
-            else None
-        )
-        failure = str(exc.with_context(vm.handle.serial_tail(), vm.handle.artifact_paths()) if vm else exc)
+        vm = next((v for v in getattr(item, "funcargs", {}).values() if isinstance(v, AeroVm)), None)
+        if vm is not None:
+            vm.handle.failure_screenshot(item.name)  # first, so the failure text names it among the artifacts
+            exc = exc.with_context(vm.handle.serial_tail(), vm.handle.artifact_paths())
+        failure = str(exc)
     except AeroError as exc:
         failure = str(exc)
     except EvidenceMissing as exc:

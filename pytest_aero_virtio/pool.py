@@ -63,6 +63,10 @@ class VmPool:
                 raise failure from exc
         return handle
 
+    def handle(self, planned: PlannedVm) -> VmBase | None:
+        """The VM booted for ``planned`` (running or already stopped), or None if it never booted."""
+        return self._handles.get(planned)
+
     def release(self, planned: PlannedVm) -> None:
         """No test needs this VM next: stop it now rather than at session end."""
         handle = self._handles.get(planned)

@@ -38,6 +38,10 @@ class Settings:
     replay: Path | None = None
     #: ``--vm-provisioning``: ``fw_cfg`` sends the guest its flags and ports each boot; ``baked`` sends nothing.
     provisioning: str = "fw_cfg"
+    #: --vm-keep-on-failure: after a failed test, wait for Enter before the VM is stopped.
+    keep_on_failure: bool = False
+    #: Every VM gets its attach point (a QMP and a console unix socket, VNC): keep-on-failure or --pdb.
+    attachable: bool = False
 
 
 def resolve_qemu(value: str | None) -> QemuCommand:
@@ -140,4 +144,6 @@ def settings_from_config(config: pytest.Config) -> Settings:
         follow_serial=run.follow_serial,
         replay=replay,
         provisioning=str(raw["vm_provisioning"]),
+        keep_on_failure=bool(raw["vm_keep_on_failure"]),
+        attachable=bool(raw["vm_keep_on_failure"]) or bool(getattr(config.option, "usepdb", False)),
     )

@@ -32,6 +32,8 @@ from .errors import (
 from .markers import HostMarker, Marker
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .config import RunOptions, VmConfig
     from .plan import Plan, PlannedVm
     from .vmbase import VmBase
@@ -233,6 +235,14 @@ class AeroVm:
         )
         if problems:
             raise AeroFailure(QEMU_PCI_PREFLIGHT_FAILED, "; ".join(problems))
+
+    def screenshot(self, reason: str = "test") -> Path | None:
+        """A PNG of the VM's display now, ``<vm dir>/screen-<reason>.png`` (recorded as the JUnit property
+        ``screenshot.<reason>``); None when QEMU is not running. Failures and the end of a VM take their own."""
+        path = self.handle.screenshot(reason)
+        if path is not None:
+            self._record(f"screenshot.{reason}", path)
+        return path
 
     def check_wav(self, expect_hz: float = 440.0) -> WavFigures:
         """Let the VM finish (the WAV header is written on a clean QEMU exit), then check the recording."""

@@ -12,8 +12,11 @@ them to host-markers.log. A :class:`VmHandle` is booted by the pool when the fir
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,11 +38,16 @@ from .qemu.argv import ImageFormat, RuntimePaths, build_argv, detect_image_forma
 from .qemu.caps import Caps
 from .qemu.qmp import QmpChannel
 from .qemu.session import VmSession
+from .report.attach import AttachPoint, KeepRequest, hold
+from .report.screens import screen_path, screendump
+from .report.story import StoryLog
 from .settings import Settings
 from .stream import MarkerStream
 from .vmbase import VmBase, pci_ids
 
 __all__ = ["WORKER", "VmHandle", "port_mismatch", "runtime_paths"]
+
+LOG = logging.getLogger(__name__)
 
 #: The xdist worker this process is (``main`` without xdist): part of artifact names, so workers never collide.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -117,6 +125,14 @@ class VmHandle(VmBase):
         self.stream = MarkerStream(log_paths=self.artifacts.paths())
         self.stream.subscribe(self._write_host_marker)
         self.stream.subscribe(self._check_config)
+        self.story = StoryLog(planned.id)
+        self.stream.subscribe(self.story)
+        self.stream.subscribe(self._screen_at_result)
+        #: Where a person reaches this VM (--vm-keep-on-failure, --pdb); None otherwise.
+        self.attach = AttachPoint() if settings.attachable else None
+        #: Set when a test of this VM failed under --vm-keep-on-failure: the stop waits for the person.
+        self.keep: KeepRequest | None = None
+        self._screen_tasks: set[asyncio.Task[Path | None]] = set()
         self.services = HostServices(
             http_port=settings.options.http_port,
             udp_port=settings.options.udp_port,
@@ -170,6 +186,8 @@ class VmHandle(VmBase):
             overlay=self.overlay,
             image_format=self.image_format,
         )
+        if self.attach is not None:
+            rt = dataclasses.replace(rt, **self.attach.runtime())
         return build_argv(self.options, self.config, self.caps, rt)
 
     def _prepare_disk(self) -> None:
@@ -188,12 +206,19 @@ class VmHandle(VmBase):
         # Fixed ports (a Windows guest's) are taken in turn by this user's VMs; ephemeral ones need no lock.
         self._port_locks.acquire()
         self.started_at = time.monotonic()
+        self.story.t0 = self.started_at
         self.deadline = self.started_at + self.options.timeout_s
+        LOG.info("%s: booting (%s, %s)", self.planned.id, self.planned.devices(), self.accel)
         try:
             self.session.start()
+            if self.attach is not None:
+                self.session.loop.call(self.attach.start(self.session.console), 10.0)
         except BaseException:
             self._port_locks.release()
+            if self.attach is not None:
+                self.attach.remove()
             raise
+        LOG.info("%s: QMP up, QEMU pid %s, artifacts %s", self.planned.id, self.session.pid, self.artifacts.dir)
         # QEMU holds the overlay open: unlink it now, so no death of ours (SIGKILL, os._exit) can leave it.
         self._remove_private()
         with contextlib.suppress(AeroFailure):
@@ -201,11 +226,32 @@ class VmHandle(VmBase):
 
     def stop(self) -> str:
         try:
-            return self.session.stop().value
+            interrupted = self._last_look()
+        except BaseException as exc:  # pytest-timeout firing while a person looks: stop all the same, re-raise
+            interrupted = exc
+        try:
+            ending = self.session.stop().value
+            LOG.info("%s: stopped (%s)", self.planned.id, ending)
+            return ending
         finally:
             self._port_locks.release()
             self._remove_private()
             self._write_timeline()
+            if self.attach is not None:
+                self.attach.remove()
+            if interrupted is not None:
+                raise interrupted
+
+    def _last_look(self) -> BaseException | None:
+        """Before the stop ladder, while QEMU may still run: the person's turn (a kept VM), the end-of-VM
+        screenshot if RESULT did not take one, and the attach point's sockets closed on the loop."""
+        interrupted = hold(self, self.keep) if self.keep is not None and self.session.alive else None
+        if self.session.alive and not screen_path(self.artifacts, "end").exists():
+            self.screenshot("end")
+        if self.attach is not None and self.session.loop.running:
+            with contextlib.suppress(Exception):
+                self.session.loop.call(self.attach.close(), 5.0)
+        return interrupted
 
     def _remove_private(self) -> None:
         shutil.rmtree(self._private, ignore_errors=True)
@@ -234,6 +280,42 @@ class VmHandle(VmBase):
             lines.append(json.dumps(entry))
         with contextlib.suppress(OSError):
             self.artifacts.file("timeline.jsonl").write_text("".join(f"{line}\n" for line in lines))
+
+    # -- screenshots -----------------------------------------------------------------------------------------
+    def screenshot(self, reason: str) -> Path | None:
+        """A PNG of the VM's display now, ``<vm dir>/screen-<reason>.png``; None when QEMU is not running.
+
+        From a test thread it waits for QEMU (10 s at most). On the VM loop (a stream subscriber, the silence
+        warning) it cannot wait: it starts the dump and returns the path the file is about to have.
+        """
+        if not self.session.alive or not self.session.loop.running:
+            return None
+        path = screen_path(self.artifacts, reason)
+        if self.session.loop.on_loop_thread():
+            task = asyncio.get_running_loop().create_task(screendump(self.session.qmp_channel, path))
+            self._screen_tasks.add(task)
+            task.add_done_callback(self._screen_tasks.discard)
+            return path
+        try:
+            return self.session.loop.call(screendump(self.session.qmp_channel, path), 10.0)
+        except Exception as exc:  # a timeout or a loop already gone: evidence only, never a new failure
+            LOG.info("%s: no screenshot %s: %s", self.planned.id, path.name, exc)
+            return None
+
+    def _screen_at_result(self, item: StreamItem) -> None:
+        """The end-of-VM screenshot as RESULT arrives: the reference guest powers off a second later."""
+        if isinstance(item, Marker) and item.kind == "RESULT":
+            self.screenshot("end")
+
+    def artifact_paths(self) -> dict[str, Path]:
+        """The VM's artifact files that exist, the newest screenshot and the WAV among them."""
+        paths = self.artifacts.paths(existing_only=True)
+        screen = self.latest_screenshot()
+        if screen is not None:
+            paths["screenshot"] = screen
+        if self.wav_path is not None and self.wav_path.exists():
+            paths["audio"] = self.wav_path
+        return paths
 
     def udp_datagrams(self) -> int:
         return sum(1 for d in self.services.datagrams if d.echoed)

@@ -18,6 +18,7 @@ from .checks import GuestCheck, lookup
 from .config import RunOptions, VmConfig
 from .markers import HostMarker, Marker
 from .plan import PlannedVm, required_checks
+from .report.screens import latest_screenshot, screen_path
 from .settings import Settings
 from .stream import MarkerStream
 
@@ -92,6 +93,21 @@ class VmBase:
         return required_checks(self.config)
 
     # -- what the host saw ----------------------------------------------------------------------------------
+    def screenshot(self, reason: str) -> Path | None:
+        """A PNG of the VM's display now; None when there is no running QEMU to ask (always, for a replay)."""
+        return None
+
+    def latest_screenshot(self) -> Path | None:
+        """The newest screenshot in the VM's directory (a replay shows what the recorded run took)."""
+        return latest_screenshot(self.artifacts.dir)
+
+    def failure_screenshot(self, test: str) -> Path | None:
+        """The screenshot of a failed test: taken now while QEMU runs (once per test), else the newest one."""
+        path = screen_path(self.artifacts, f"fail-{test}")
+        if path.exists():
+            return path
+        return self.screenshot(f"fail-{test}") or self.latest_screenshot()
+
     def serial_tail(self) -> list[str]:
         return self.stream.tail()
 

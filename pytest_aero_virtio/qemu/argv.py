@@ -66,6 +66,7 @@ DEVICE_IDS: dict[str, str] = {
     "audiodev": "snd0",
     "serial_chardev": "ser0",
     "qmp_chardev": "qmp0",
+    "attach_qmp_chardev": "qmp-attach",
 }
 DISK_SERIAL = "aero-blk0"
 NET_MAC = "52:54:00:12:34:56"
@@ -105,6 +106,8 @@ class RuntimePaths:
     * ``accel`` - ``"kvm"`` or ``"tcg"``, already resolved from ``opts.accel``.
     * ``image_format`` - the base image's format, from :func:`detect_image_format` on its first bytes.
     * ``overlay`` - the qcow2 overlay file made by :func:`prepare_overlay`; required when ``opts.snapshot``.
+    * ``attach_qmp`` - a second QMP monitor on a unix socket, for a person attaching to a kept VM.
+    * ``vnc`` - a ``-vnc`` value (``127.0.0.1:0,to=99``: the first free display), for the same person.
     """
 
     serial: int | UnixSocket | Literal["stdio"]
@@ -114,6 +117,8 @@ class RuntimePaths:
     accel: str = "tcg"
     image_format: ImageFormat = "raw"
     overlay: Path | None = None
+    attach_qmp: UnixSocket | None = None
+    vnc: str | None = None
 
 
 def qemu_opt_escape(value: str) -> str:
@@ -301,6 +306,9 @@ def _chardev_args(rt: RuntimePaths) -> list[str]:
         argv += ["-chardev", _chardev(rt.serial, ids["serial_chardev"]), "-serial", f"chardev:{ids['serial_chardev']}"]
     if rt.qmp is not None:
         argv += ["-chardev", _chardev(rt.qmp, ids["qmp_chardev"]), "-mon", f"chardev={ids['qmp_chardev']},mode=control"]
+    if rt.attach_qmp is not None:
+        chardev = ids["attach_qmp_chardev"]
+        argv += ["-chardev", rt.attach_qmp.chardev(chardev), "-mon", f"chardev={chardev},mode=control"]
     return argv
 
 
@@ -332,7 +340,7 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
     ]
     # Serial first: it is COM1, the port the guest writes markers to.
     argv += _chardev_args(rt)
-    argv += _display_args(vm, caps)
+    argv += _display_args(vm, caps) + (["-vnc", rt.vnc] if rt.vnc else [])
     if opts.image is not None:
         argv += _disk_args(opts, rt, opts.image)
         blk_extra = (("drive", DEVICE_IDS["disk_node"]), ("serial", DISK_SERIAL))

@@ -10,11 +10,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import QEMU_EXITED, AeroFailure
 from .process import describe_status
 
-__all__ = ["TRANSITIONS", "Ending", "Runstate", "StateError", "StopTimeouts", "exit_failure"]
+if TYPE_CHECKING:
+    from ..markers import StreamItem
+
+__all__ = ["TRANSITIONS", "Ending", "Reactions", "Runstate", "StateError", "StopTimeouts", "exit_failure"]
 
 
 class Runstate(Enum):
@@ -113,3 +117,16 @@ def exit_failure(
     if tail:
         message += "\n" + "\n".join(tail)
     return AeroFailure(QEMU_EXITED, message, fix, artifacts=artifacts)
+
+
+class Reactions(Protocol):
+    """What the session needs from the reaction engine (``actions.base.Reactor`` satisfies it).
+
+    ``on_marker`` is subscribed to the stream before QEMU starts, so it is called on the VM loop, in order,
+    for every item; it must not block. ``cancel`` is awaited first thing at stop, so no action talks to a QEMU
+    that is going away.
+    """
+
+    def on_marker(self, item: StreamItem) -> None: ...
+
+    async def cancel(self) -> None: ...

@@ -41,6 +41,8 @@ class SerialReader:
         self._splitter = LineSplitter()
         self.bytes_seen = 0
         self.last_output: float | None = None
+        #: Called with every chunk of raw bytes, on the loop (the attach point relays them to a person).
+        self.taps: list[Callable[[bytes], None]] = []
         self._task: asyncio.Task[None] | None = None
 
     def start(self, sock: socket.socket, name: str) -> None:
@@ -61,6 +63,8 @@ class SerialReader:
             if not self._log.closed:
                 self._log.write(data)
                 self._log.flush()
+            for tap in list(self.taps):
+                tap(data)
             self._emit(self._splitter.feed(data))
             if len(data) < _READ_CHUNK:
                 await asyncio.sleep(COALESCE_S)

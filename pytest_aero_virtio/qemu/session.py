@@ -29,11 +29,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 from ..artifacts import ArtifactDir
 from ..errors import NO_SERIAL_OUTPUT, QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
-from .lifecycle import TRANSITIONS, Ending, Runstate, StateError, StopTimeouts, exit_failure
+from .lifecycle import TRANSITIONS, Ending, Reactions, Runstate, StateError, StopTimeouts, exit_failure
 from .loop import LoopThread
 from .process import QemuProcess, describe_status, read_tail
 from .qmp import QmpChannel
@@ -42,7 +42,6 @@ from .watchdog import SilenceWatch
 
 if TYPE_CHECKING:
     from ..host.services import HostServices
-    from ..markers import StreamItem
     from ..stream import MarkerStream
 
 __all__ = ["Reactions", "VmSession"]
@@ -54,19 +53,6 @@ LOG = logging.getLogger(__name__)
 _SERIAL_DRAIN_S = 0.5
 #: Lines the harness itself adds to qemu-stderr.log start with this (they are not QEMU's words).
 HARNESS_PREFIX = "[aero-harness]"
-
-
-class Reactions(Protocol):
-    """What the session needs from the reaction engine (``actions.base.Reactor`` satisfies it).
-
-    ``on_marker`` is subscribed to the stream before QEMU starts, so it is called on the VM loop, in order,
-    for every item; it must not block. ``cancel`` is awaited first thing at stop, so no action talks to a QEMU
-    that is going away.
-    """
-
-    def on_marker(self, item: StreamItem) -> None: ...
-
-    async def cancel(self) -> None: ...
 
 
 ArgvFactory = Callable[[int, int], Sequence[str]]
@@ -267,6 +253,16 @@ class VmSession:
                 "QEMU may be stuck; see qmp.log and qemu-stderr.log",
                 artifacts=self.artifacts.paths(existing_only=True),
             ) from None
+
+    @property
+    def loop(self) -> LoopThread:
+        """The VM's loop thread: ``call`` runs a coroutine there from a test thread (screenshots, attaching)."""
+        return self._loop_thread
+
+    @property
+    def console(self) -> tuple[socket.socket, SerialReader] | None:
+        """Our end of the console socketpair and its reader while QEMU runs (the attach point taps both)."""
+        return (self._sockets[0], self._serial) if self._serial is not None and self._sockets else None
 
     def wait_exit(self, timeout: float) -> int | None:
         """Wait until QEMU exits by itself (e.g. the guest powers off after RESULT); its status or None."""
