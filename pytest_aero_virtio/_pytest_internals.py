@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["XDIST_LOADGROUP_ISSUE", "set_node_id", "terminal_fd"]
+__all__ = ["XDIST_LOADGROUP_ISSUE", "set_node_id", "terminal_fd", "write_junit_now"]
 
 #: pytest-xdist's own ``xdist_group`` handling assigns ``item._nodeid``, which pytest 9 no longer reads (it
 #: keeps the id in ``item._id``), so ``--dist loadgroup`` silently stops grouping. Upstream issue:
@@ -49,3 +49,26 @@ def terminal_fd(config: pytest.Config) -> int:
         if isinstance(saved, int):
             return os.dup(saved)
     return os.dup(2)
+
+
+def write_junit_now(config: pytest.Config) -> bool:
+    """Write the ``--junitxml`` file now, with the tests reported so far; False when there is none to write.
+
+    Why: pytest-timeout's ``thread`` method ends a hung test by ``os._exit(1)``, so pytest never reaches
+    ``pytest_sessionfinish``, where its JUnit plugin writes the file, and CI loses the results of every test
+    that finished. The JUnit plugin object (``LogXML``) is kept under a private stash key
+    (``_pytest.junitxml.xml_key``); its ``pytest_sessionfinish`` takes no arguments and only writes the file.
+    Under xdist this is the controller's job (workers have no LogXML), so it does nothing in a worker.
+    """
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest that moved it
+        return False
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return False
+    try:
+        xml.pytest_sessionfinish()
+    except Exception:
+        return False
+    return True

@@ -22,12 +22,18 @@ class VmPool:
     """Boots each planned VM on first use, remembers boot failures, stops VMs after their last test."""
 
     def __init__(
-        self, settings: Settings, caps: Caps, accel: Callable[[], str], follow: Callable[[str], None] | None = None
+        self,
+        settings: Settings,
+        caps: Caps,
+        accel: Callable[[], str],
+        follow: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.caps = caps
         self._accel = accel
         self._follow = follow
+        self._say = say
         self._handles: dict[PlannedVm, VmHandle] = {}
         self._failed: dict[PlannedVm, AeroError] = {}
         self._released: set[PlannedVm] = set()
@@ -43,7 +49,7 @@ class VmPool:
         if handle is None or planned in self._released:
             self._released.discard(planned)
             try:
-                handle = VmHandle(self.settings, planned, self.caps, self._accel(), self._follow)
+                handle = VmHandle(self.settings, planned, self.caps, self._accel(), self._follow, self._say)
                 self._handles[planned] = handle
                 self.booted.append(handle)
                 handle.start()
@@ -70,6 +76,10 @@ class VmPool:
     def close_all(self) -> None:
         for planned in list(self._handles):
             self.release(planned)
+
+    def handle(self, planned: PlannedVm) -> VmHandle | None:
+        """The VM booted for ``planned`` while it is in use (None before its boot and after its release)."""
+        return None if planned in self._released else self._handles.get(planned)
 
     def failed(self, planned: PlannedVm) -> bool:
         return planned in self._failed

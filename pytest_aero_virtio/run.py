@@ -63,7 +63,7 @@ class AeroRun:
     def pool(self) -> VmPool:
         if self.started_pool is None:
             follow = self.say if self.settings.follow_serial else None
-            self.started_pool = VmPool(self.settings, self.caps(), lambda: self.accel().name, follow)
+            self.started_pool = VmPool(self.settings, self.caps(), lambda: self.accel().name, follow, self.say)
         return self.started_pool
 
     def planned(self, nodeid: str) -> PlannedVm | None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,7 +31,7 @@ from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, StreamItem
 from .plan import PlannedVm, guest_args, required_checks
-from .qemu.argv import ImageFormat, RuntimePaths, build_argv, detect_image_format, prepare_overlay
+from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, detect_image_format
 from .qemu.caps import Caps
 from .qemu.qmp import QmpChannel
 from .qemu.session import VmSession
@@ -55,7 +54,7 @@ def runtime_paths(
     serial: int | str,
     qmp: int | None,
     wav_path: Path | None,
-    overlay: Path | None,
+    overlay: Path | int | None,
     image_format: ImageFormat,
 ) -> RuntimePaths:
     """The launch-time facts of one VM, for a boot and for the dry run alike (one rule for each of them).
@@ -104,8 +103,11 @@ class VmHandle:
         caps: Caps,
         accel: str,
         follow: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
+        #: Writes a line to the user's terminal (AeroRun.say), or None: where the silence warning goes.
+        self.say = say
         self.planned = planned
         self.config = planned.config
         self.caps = caps
@@ -122,9 +124,9 @@ class VmHandle:
             log_path=self.artifacts.http,
         )
         self.wav_path = self.artifacts.file("audio.wav") if self.config.snd and self.config.audio == "wav" else None
-        # The snapshot overlay takes the guest's writes: private and temporary, not an artifact.
-        self._private = Path(tempfile.mkdtemp(prefix="aero-vm-"))
-        self.overlay = self._private / "overlay.qcow2"
+        # The snapshot overlay takes the guest's writes: a file without a name, QEMU's descriptor its only
+        # reference (see anonymous_overlay), so no way of dying leaves it behind.
+        self.overlay: int | None = None
         self.image_format: ImageFormat = "raw"
         self._pci: dict[str, tuple[int, int]] | None = None
         self._port_locks = PortLocks(
@@ -144,6 +146,7 @@ class VmHandle:
             follow_serial=follow,
             silence_timeout=settings.silence_timeout_s,
             name=self.artifacts.name,
+            silence_warn=self._warn_silence if say is not None else None,
         )
         self.started_at = 0.0
         self.deadline = 0.0
@@ -184,7 +187,8 @@ class VmHandle:
         if image is None:
             return
         if self.options.snapshot:
-            self.image_format = prepare_overlay(image, self.overlay)
+            self.overlay, self.image_format = anonymous_overlay(image)
+            self.session.extra_fds = [self.overlay]
             return
         with open(image, "rb") as fh:
             self.image_format = detect_image_format(fh.read(512))
@@ -201,8 +205,8 @@ class VmHandle:
         except BaseException:
             self._port_locks.release()
             raise
-        # QEMU holds the overlay open: unlink it now, so no death of ours (SIGKILL, os._exit) can leave it.
-        self._remove_private()
+        finally:
+            self._close_overlay()  # QEMU holds its own descriptor (or never will)
         with contextlib.suppress(AeroFailure):
             self._pci = self._query_pci()
 
@@ -211,11 +215,14 @@ class VmHandle:
             return self.session.stop().value
         finally:
             self._port_locks.release()
-            self._remove_private()
+            self._close_overlay()
             self._write_timeline()
 
-    def _remove_private(self) -> None:
-        shutil.rmtree(self._private, ignore_errors=True)
+    def _close_overlay(self) -> None:
+        fd, self.overlay = self.overlay, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _write_vm_json(self) -> None:
         """vm.json: which planned VM this directory belongs to and which tests it served (for replays)."""
@@ -241,6 +248,35 @@ class VmHandle:
             lines.append(json.dumps(entry))
         with contextlib.suppress(OSError):
             self.artifacts.file("timeline.jsonl").write_text("".join(f"{line}\n" for line in lines))
+
+    def _warn_silence(self, quiet_s: float) -> None:
+        """On the VM loop: a guest quiet for a long stretch gets a terminal line now, not only a failure at the
+        silence timeout. Said from a helper thread: taking a screenshot is a QMP call, which the loop's own
+        thread cannot wait for."""
+        name = f"{self.artifacts.name}-quiet"
+        threading.Thread(target=self._say_silent, args=(quiet_s,), name=name, daemon=True).start()
+
+    def _say_silent(self, quiet_s: float) -> None:
+        # MERGE(observe): the observe branch adds VmHandle.screenshot(reason) -> Path | None; it is picked up
+        # here by name, so the warning names the screenshot as soon as both branches are in.
+        screenshot = getattr(self, "screenshot", None)
+        shot: object = None
+        if callable(screenshot):
+            with contextlib.suppress(Exception):
+                shot = screenshot("guest-silent")
+        where = f"; screenshot: {shot}" if shot else ""
+        limit = self.settings.silence_timeout_s
+        if self.say is not None:
+            self.say(
+                f"aero-virtio: WARNING: {self.planned.id} ({self.artifacts.dir}): the guest has printed nothing "
+                f"for {quiet_s:.0f} s (it fails with NO_SERIAL_OUTPUT at {limit:g} s){where}"
+            )
+
+    def allow_quiet(self, seconds: float) -> None:
+        """A check that legitimately prints nothing for a while: the silence timeout ignores the next
+        ``seconds`` (from now)."""
+        if self.session.silence is not None:
+            self.session.silence.allow_quiet(seconds)
 
     # -- waits ----------------------------------------------------------------------------------------------
     def remaining(self) -> float:

@@ -8,7 +8,6 @@ that loop only through :meth:`LoopThread.call` (with a timeout), never by touchi
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Coroutine
@@ -56,8 +55,11 @@ class LoopThread:
         fut = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
+        except BaseException:
+            # A timeout, or Ctrl-C, SIGTERM or pytest-timeout's signal interrupting the caller: the coroutine must
+            # not run on beside whatever follows (a start still spawning QEMU while the stop's ladder runs).
+            if not fut.done():
+                fut.cancel()
             raise
 
     def stop(self, join_timeout: float = 10.0) -> None:

@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ..artifacts import ArtifactDir
 from ..errors import NO_SERIAL_OUTPUT, QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
+from ..guest_end import describe_guest_end
 from .lifecycle import TRANSITIONS, Ending, Runstate, StateError, StopTimeouts, exit_failure
 from .loop import LoopThread
 from .process import QemuProcess, describe_status, read_tail
@@ -52,6 +53,8 @@ LOG = logging.getLogger(__name__)
 #: How long an exit waits for the console to reach EOF before the stream is closed. QEMU's end of the socket
 #: closes when it exits, so EOF is immediate unless a stray process still holds the descriptor.
 _SERIAL_DRAIN_S = 0.5
+#: A guest quiet this long (or half the silence timeout, if shorter) gets a warning line while the run goes on.
+SILENCE_WARN_S = 60.0
 #: Lines the harness itself adds to qemu-stderr.log start with this (they are not QEMU's words).
 HARNESS_PREFIX = "[aero-harness]"
 
@@ -79,8 +82,10 @@ class VmSession:
 
     ``argv_factory(serial_fd, qmp_fd)`` returns QEMU's argv using the two inherited descriptors.
     ``qmp`` is the channel the reactions were built with (one is made when not given). ``env`` entries are
-    added to the harness's environment. ``silence_timeout``: if the console stays completely silent that long
-    after QEMU starts, the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until :meth:`stop`).
+    added to the harness's environment. ``silence_timeout``: if the console stays silent that long (any quiet
+    stretch before RESULT), the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until
+    :meth:`stop`); ``silence_warn(quiet_s)`` is called on the VM loop (it must not block) once per quiet stretch
+    after ``SILENCE_WARN_S`` (60 s) or half the timeout, whichever is shorter.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class VmSession:
         silence_timeout: float | None = None,
         stop_timeouts: StopTimeouts = DEFAULT_STOP,
         name: str | None = None,
+        silence_warn: Callable[[float], None] | None = None,
     ) -> None:
         self.artifacts = artifacts
         self.stream = stream
@@ -114,6 +120,7 @@ class VmSession:
         self._follow = follow_serial
         self._start_timeout = start_timeout
         self._silence_timeout = silence_timeout
+        self._silence_warn = silence_warn
         self._stop_timeouts = stop_timeouts
         self._state = Runstate.IDLE
         self._state_lock = threading.Lock()
@@ -126,6 +133,9 @@ class VmSession:
         self._serial: SerialReader | None = None
         self._watchers: list[asyncio.Task[Any]] = []
         self.silence: SilenceWatch | None = None
+        #: More descriptors QEMU inherits at the same numbers (an ``-add-fd`` snapshot overlay); the caller
+        #: sets them before :meth:`start` and may close its copies once it returns.
+        self.extra_fds: list[int] = []
 
     def __repr__(self) -> str:
         return f"<VmSession {self.name!r} {self._state.value} pid={self.pid} {describe_status(self.returncode)}>"
@@ -197,6 +207,7 @@ class VmSession:
             stopped_how=stopped_how,
             stderr_tail=self.stderr_tail(),
             artifacts=artifacts,
+            guest_end=describe_guest_end(self.stream.end_kinds, self.qmp_channel.events),
         )
 
     # ---- sync API ---------------------------------------------------------------------------------------
@@ -316,7 +327,7 @@ class VmSession:
             env = {**os.environ, **self._env} if self._env is not None else None
             self._t0 = time.monotonic()
             assert self._stderr_log is not None
-            fds = (serial_theirs.fileno(), qmp_theirs.fileno())
+            fds = (serial_theirs.fileno(), qmp_theirs.fileno(), *self.extra_fds)
             self.process.spawn(self.argv, stdout=self._stderr_log, pass_fds=fds, env=env)
         finally:
             # QEMU holds its own copies now; ours must go, or EOF would never be seen when QEMU exits.
@@ -326,7 +337,13 @@ class VmSession:
         self._serial = SerialReader(serial_log, self._on_serial_line)
         self._serial.start(serial_ours, self.name)
         if self._silence_timeout is not None:
-            self.silence = SilenceWatch(self._silence_timeout, self._last_output, self._on_silence)
+            self.silence = SilenceWatch(
+                self._silence_timeout,
+                self._last_output,
+                self._on_silence,
+                warn_after=min(SILENCE_WARN_S, self._silence_timeout / 2) if self._silence_warn else None,
+                on_warn=self._on_quiet,
+            )
             self._watchers.append(loop.create_task(self.silence.run()))
         return qmp_ours
 
@@ -391,6 +408,15 @@ class VmSession:
             await self._serial.drain(_SERIAL_DRAIN_S)
         if self._state is Runstate.EXITED:  # a stop in between closes the stream with its own reason
             self.stream.close(self._exit_failure())
+
+    def _on_quiet(self, quiet_s: float) -> None:
+        """A long quiet stretch, not yet the timeout: tell the owner (a terminal line, a screenshot)."""
+        if self._silence_warn is None or self._state is not Runstate.RUNNING or self.stream.result is not None:
+            return
+        try:
+            self._silence_warn(quiet_s)
+        except Exception:
+            LOG.exception("silence warning of %s failed", self.name)
 
     def _on_silence(self, quiet_s: float) -> None:
         if self._state is not Runstate.RUNNING or self.stream.result is not None:
