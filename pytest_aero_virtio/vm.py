@@ -266,10 +266,12 @@ class VmHandle:
                 shot = screenshot("guest-silent")
         where = f"; screenshot: {shot}" if shot else ""
         limit = self.settings.silence_timeout_s
+        last = self.stream.tail(1)
+        since = f" more since: {last[0][:120]}" if last else ""
         if self.say is not None:
             self.say(
-                f"aero-virtio: WARNING: {self.planned.id} ({self.artifacts.dir}): the guest has printed nothing "
-                f"for {quiet_s:.0f} s (it fails with NO_SERIAL_OUTPUT at {limit:g} s){where}"
+                f"aero-virtio: WARNING: {self.planned.id} ({self.artifacts.dir}): the guest has printed nothing"
+                f"{since} for {quiet_s:.0f} s (it fails with NO_SERIAL_OUTPUT at {limit:g} s){where}"
             )
 
     def allow_quiet(self, seconds: float) -> None:

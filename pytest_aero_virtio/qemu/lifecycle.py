@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
 
-from ..errors import QEMU_EXITED, AeroFailure
+from ..errors import QEMU_EXITED, TIMEOUT, AeroFailure
 from .process import describe_status
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "StateError",
     "StopTimeouts",
     "exit_failure",
+    "handshake_failure",
     "stderr_that_matters",
 ]
 
@@ -149,3 +150,19 @@ def exit_failure(
     if tail:
         message += "\n" + "\n".join(tail)
     return AeroFailure(QEMU_EXITED, message, fix, artifacts=artifacts)
+
+
+def handshake_failure(error: BaseException | None, start_timeout: float, artifacts: Mapping[str, Path]) -> AeroFailure:
+    """QEMU runs but its QMP handshake failed (``error``) or did not finish within ``start_timeout``."""
+    what = (
+        f"the QMP handshake failed: {error!r}"
+        if error is not None
+        else f"QEMU did not complete the QMP handshake within {start_timeout:g} s"
+    )
+    return AeroFailure(
+        TIMEOUT,
+        what,
+        "QEMU may be overloaded or the argv lacks `-mon chardev=...,mode=control` on the QMP fd; "
+        "see qemu-argv.txt and qemu-stderr.log",
+        artifacts=artifacts,
+    )

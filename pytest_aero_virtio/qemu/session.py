@@ -32,14 +32,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from ..artifacts import ArtifactDir
-from ..errors import NO_SERIAL_OUTPUT, QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
+from ..errors import QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
 from ..guest_end import describe_guest_end
-from .lifecycle import TRANSITIONS, Ending, Runstate, StateError, StopTimeouts, exit_failure
+from .lifecycle import TRANSITIONS, Ending, Runstate, StateError, StopTimeouts, exit_failure, handshake_failure
 from .loop import LoopThread
 from .process import QemuProcess, describe_status, read_tail
 from .qmp import QmpChannel
 from .serial import SerialReader
-from .watchdog import SilenceWatch
+from .watchdog import SilenceWatch, silence_failure, warn_after
 
 if TYPE_CHECKING:
     from ..host.services import HostServices
@@ -53,8 +53,6 @@ LOG = logging.getLogger(__name__)
 #: How long an exit waits for the console to reach EOF before the stream is closed. QEMU's end of the socket
 #: closes when it exits, so EOF is immediate unless a stray process still holds the descriptor.
 _SERIAL_DRAIN_S = 0.5
-#: A guest quiet this long (or half the silence timeout, if shorter) gets a warning line while the run goes on.
-SILENCE_WARN_S = 60.0
 #: Lines the harness itself adds to qemu-stderr.log start with this (they are not QEMU's words).
 HARNESS_PREFIX = "[aero-harness]"
 
@@ -85,7 +83,7 @@ class VmSession:
     added to the harness's environment. ``silence_timeout``: if the console stays silent that long (any quiet
     stretch before RESULT), the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until
     :meth:`stop`); ``silence_warn(quiet_s)`` is called on the VM loop (it must not block) once per quiet stretch
-    after ``SILENCE_WARN_S`` (60 s) or half the timeout, whichever is shorter.
+    after :func:`.watchdog.warn_after` seconds (60, or half the timeout if shorter).
     """
 
     def __init__(
@@ -337,12 +335,14 @@ class VmSession:
         self._serial = SerialReader(serial_log, self._on_serial_line)
         self._serial.start(serial_ours, self.name)
         if self._silence_timeout is not None:
+            warn = warn_after(self._silence_timeout) if self._silence_warn else None
             self.silence = SilenceWatch(
                 self._silence_timeout,
                 self._last_output,
                 self._on_silence,
-                warn_after=min(SILENCE_WARN_S, self._silence_timeout / 2) if self._silence_warn else None,
-                on_warn=self._on_quiet,
+                warn_after=warn,
+                on_warn=self._silence_warn,
+                active=self._guest_may_speak,
             )
             self._watchers.append(loop.create_task(self.silence.run()))
         return qmp_ours
@@ -366,18 +366,8 @@ class VmSession:
         # errors print and exit right after start), so the error carries its stderr.
         if await self.process.wait_async(2.0):
             raise self._exit_failure()
-        what = (
-            f"the QMP handshake failed: {connect.exception()!r}"
-            if connect in done
-            else f"QEMU did not complete the QMP handshake within {self._start_timeout:g} s"
-        )
-        raise AeroFailure(
-            TIMEOUT,
-            what,
-            "QEMU may be overloaded or the argv lacks `-mon chardev=...,mode=control` on the QMP fd; "
-            "see qemu-argv.txt and qemu-stderr.log",
-            artifacts=self.artifacts.paths(existing_only=True),
-        )
+        error = connect.exception() if connect in done else None
+        raise handshake_failure(error, self._start_timeout, self.artifacts.paths(existing_only=True))
 
     # ---- while it runs (on the loop) --------------------------------------------------------------------
 
@@ -409,29 +399,13 @@ class VmSession:
         if self._state is Runstate.EXITED:  # a stop in between closes the stream with its own reason
             self.stream.close(self._exit_failure())
 
-    def _on_quiet(self, quiet_s: float) -> None:
-        """A long quiet stretch, not yet the timeout: tell the owner (a terminal line, a screenshot)."""
-        if self._silence_warn is None or self._state is not Runstate.RUNNING or self.stream.result is not None:
-            return
-        try:
-            self._silence_warn(quiet_s)
-        except Exception:
-            LOG.exception("silence warning of %s failed", self.name)
+    def _guest_may_speak(self) -> bool:
+        """Silence counts only while the guest runs and has not printed RESULT (then it has nothing to say)."""
+        return self._state is Runstate.RUNNING and self.stream.result is None
 
     def _on_silence(self, quiet_s: float) -> None:
-        if self._state is not Runstate.RUNNING or self.stream.result is not None:
-            return  # after RESULT the guest has nothing more to say
-        said = "nothing" if self._serial is None or not self._serial.bytes_seen else "nothing more"
-        self.stream.close(
-            AeroFailure(
-                NO_SERIAL_OUTPUT,
-                f"the guest printed {said} on the first serial port for {quiet_s:.3g} s (--vm-silence-timeout)",
-                "is the image bootable (try `aero-virtio-refenv bare --run`, see qemu-stderr.log)? is the "
-                "selftest installed and started at boot? does it write to COM1, the first serial port? a guest "
-                "that hung shows why on its screen: see the screenshot",
-                artifacts=self.artifacts.paths(existing_only=True),
-            )
-        )
+        printed = self._serial is not None and self._serial.bytes_seen > 0
+        self.stream.close(silence_failure(quiet_s, printed, self.artifacts.paths(existing_only=True)))
 
     # ---- stop -------------------------------------------------------------------------------------------
 
