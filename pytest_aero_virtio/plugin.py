@@ -23,7 +23,7 @@ from .errors import AeroError, AeroFailure, EvidenceMissing
 from .plan import ItemNeeds, PlannedVm, make_plan
 from .pool import VmPool
 from .report.dryrun import dry_run_lines
-from .report.terminal import header_lines, summary_lines, terminal_writer
+from .report.terminal import header_lines, snapshot_off_lines, summary_lines, terminal_writer
 from .run import AeroRun
 from .settings import check_user_inputs, settings_from_config
 from .stream import MarkerStream
@@ -277,6 +277,17 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
             following = nextitem.stash.get(_VM_KEY, None) if nextitem is not None else None
             if following != planned:
                 pool.release(planned)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist the controller collects nothing, so it never prints the plan header: it still says, once
+    (also under ``-q``), that ``--vm-snapshot=off`` lets the guest write the image."""
+    config = session.config
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None and getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        for line in snapshot_off_lines(opts.collect(config)):
+            reporter.write_line(line)
 
 
 def pytest_report_collectionfinish(
