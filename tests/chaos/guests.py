@@ -16,9 +16,12 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_aero_virtio.refenv.cache import cache_root
 from pytest_aero_virtio.refenv.cpio import CpioWriter
 from pytest_aero_virtio.refenv.image import ensure_image, image_layers
 
@@ -57,15 +60,21 @@ def marker(kind: str, *fields: str) -> str:
 
 
 def busybox() -> Path:
-    """The static busybox of the reference environment's base layer (built by ``aero-virtio-refenv build``)."""
+    """The static busybox of the reference environment: unpacked in the image's base layer, or else taken from
+    the busybox-static package in the cache's download directory (the layout of the layers may change)."""
     for layer in image_layers(ensure_image()):
-        for candidate in (layer / "rootfs/usr/bin/busybox", layer / "root/bin/busybox", layer / "root/usr/bin/busybox"):
-            if candidate.is_file() and not candidate.is_symlink():
-                return candidate
-        found = [p for p in layer.rglob("busybox") if p.is_file() and not p.is_symlink()]
+        found = [p for p in sorted(layer.rglob("busybox")) if p.is_file() and not p.is_symlink()]
         if found:
             return found[0]
-    raise FileNotFoundError("no static busybox in the reference image's layers; run aero-virtio-refenv build")
+    root = cache_root()
+    for deb in sorted((root / "debs").glob("busybox-static_*.deb")):
+        dest = Path(tempfile.gettempdir()) / f"aero-chaos-{deb.stem}"
+        if not (dest / "bin/busybox").is_file():
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], check=True)
+        for candidate in (dest / "bin/busybox", dest / "usr/bin/busybox"):
+            if candidate.is_file():
+                return candidate
+    raise FileNotFoundError("no static busybox in the reference environment; run aero-virtio-refenv build")
 
 
 def boot_sector_disk(path: Path, size: int = 1 << 20) -> Path:
