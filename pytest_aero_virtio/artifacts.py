@@ -95,6 +95,13 @@ class ArtifactDir:
         self.name = safe_name(name)
         self.dir: Path = unique_child(self.root, self.name)
 
+    @classmethod
+    def existing(cls, directory: Path) -> ArtifactDir:
+        """The artifact directory of an earlier run, as it is (nothing is created): for replays."""
+        self = cls.__new__(cls)
+        self.root, self.name, self.dir = directory.parent, directory.name, directory
+        return self
+
     def __repr__(self) -> str:
         return f"ArtifactDir({str(self.dir)!r})"
 

@@ -1,4 +1,4 @@
-"""The catalog of guest checks: one entry per marker name of PROTOCOL.md section 2.
+"""The catalog of guest checks: one entry per marker name of docs/protocol.md.
 
 Each entry says what a test of that check needs from the VM (devices, the guest's opt-in flag, the host
 reaction that answers its READY line, the audio backend) and what verdict it expects. The plan derives
@@ -29,7 +29,7 @@ class GuestCheck:
     ``audio`` is the sound backend the check needs: the wav backend records playback for the host-side
     check but cannot capture, so capture checks need ``none``.
     ``base`` marks the per-test markers that must accompany ``RESULT|PASS`` so an old guest binary that
-    prints only a RESULT line cannot pass (PROTOCOL.md section 7).
+    prints only a RESULT line cannot pass (docs/protocol.md).
     """
 
     name: str
@@ -118,10 +118,10 @@ CATALOG: dict[str, GuestCheck] = {
     )
 }
 
-#: The per-test markers ``RESULT|PASS`` must be accompanied by (PROTOCOL.md section 7).
+#: The per-test markers ``RESULT|PASS`` must be accompanied by (docs/protocol.md).
 BASE_CHECKS: tuple[str, ...] = tuple(c.name for c in CATALOG.values() if c.base)
 
-#: Order of the guest's devices (PROTOCOL.md section 2), used to sort reports.
+#: Order of the guest's devices (docs/protocol.md), used to sort reports.
 DEVICE_ORDER: tuple[Device, ...] = ("blk", "input", "snd", "net")
 
 

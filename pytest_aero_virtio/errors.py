@@ -1,6 +1,6 @@
 """The error hierarchy of the plugin: every error carries a token, a cause and (when known) a fix.
 
-Users' CI greps the original harness's output for ``FAIL: <TOKEN>: ...`` (PROTOCOL.md section 7), so the
+Users' CI greps the original harness's output for ``FAIL: <TOKEN>: ...`` (docs/protocol.md), so the
 token is part of the public interface: ``str(error)`` starts with exactly that prefix, and every token the
 protocol knows is a constant here, so no module spells one by hand.
 
@@ -50,6 +50,7 @@ __all__ = [
     "EvidenceMissing",
     "RunInterrupted",
     "bad_field_token",
+    "fail_line",
     "failed_token",
     "host_status_token",
     "missing_host_token",
@@ -59,7 +60,7 @@ __all__ = [
     "token_for",
 ]
 
-# --- tokens of the original harness (PROTOCOL.md section 7); CI greps these exact strings ---------------
+# --- tokens of the original harness (docs/protocol.md); CI greps these exact strings ---------------
 TIMEOUT = "TIMEOUT"
 QEMU_EXITED = "QEMU_EXITED"
 SELFTEST_FAILED = "SELFTEST_FAILED"
@@ -153,6 +154,11 @@ def skipped_token(test_name: str) -> str:
     return token_for(test_name, "SKIPPED")
 
 
+def fail_line(token: str, message: str) -> str:
+    """``FAIL: <TOKEN>: <message>``: the first line of every failure, what CI greps (the old harness's form)."""
+    return f"FAIL: {token}: {message}"
+
+
 def bad_field_token(name: str) -> str:
     """``"virtio-net"`` -> ``VIRTIO_NET_BAD_FIELD``: a marker of that check (or host topic) lacks a field a test
     reads, or carries one that is empty, not a number, out of range, or not the value the test requires."""
@@ -189,7 +195,7 @@ class AeroError(Exception):
 
     def headline(self) -> str:
         """``FAIL: TOKEN: message`` without the fix and any context."""
-        return f"FAIL: {self.token}: {self.message}"
+        return fail_line(self.token, self.message)
 
     def __str__(self) -> str:
         text = self.headline()

@@ -147,6 +147,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ARGS",
     ),
     Option(
+        "--vm-provisioning",
+        "vm_provisioning",
+        "how the guest learns its opt-in flags and the host's ports: fw_cfg (sent each boot as opt/aero/args, read "
+        "by guests that can) or baked (nothing sent: the guest runs the flags provisioned into its image, and the "
+        "host serves the fixed ports 18080/18081)",
+        default="fw_cfg",
+        choices=("fw_cfg", "baked"),
+    ),
+    Option(
         "--vm-http-port",
         "vm_http_port",
         "host HTTP port, or 'auto' (ephemeral, told to the guest); default auto for the reference guest, "
@@ -182,6 +191,27 @@ OPTIONS: tuple[Option, ...] = (
         old=("--follow-serial",),
     ),
     Option("--vm-dry-run", "vm_dry_run", "print each planned QEMU command line and run nothing", kind="bool"),
+    Option(
+        "--vm-shard",
+        "vm_shard",
+        "run only shard K (1-based) of N of the VM plan, whole VMs per shard (docs/sharding.md)",
+        metavar="K/N",
+    ),
+    Option(
+        "--vm-durations",
+        "vm_durations",
+        "JSON file of recorded VM durations that every shard reads to balance --vm-shard (default: estimates)",
+        kind="path",
+        metavar="PATH",
+    ),
+    Option(
+        "--vm-replay",
+        "vm_replay",
+        "judge a recorded run instead of booting: an earlier run's --vm-artifacts directory, one VM's "
+        "directory in it, or a serial log (tests whose evidence was not recorded skip)",
+        kind="path",
+        metavar="PATH",
+    ),
     _vectors_option(None),
     *(_vectors_option(dev) for dev in ("blk", "net", "input", "snd")),
     Option(

@@ -18,8 +18,9 @@ ids, artifact directories and xdist workers agree.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .checks import BASE_CHECKS, CATALOG, Audio, GuestCheck, lookup
 from .config import Vectors, VmConfig
@@ -170,17 +171,29 @@ class Plan:
         raise KeyError(item_id)
 
 
-def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors | None = None) -> Plan:
+def make_plan(
+    items: Sequence[tuple[str, ItemNeeds]],
+    default_vectors: Vectors | None = None,
+    canonical: Mapping[str, Any] | None = None,
+) -> Plan:
     """Group items into VM configurations.
 
-    ``default_vectors`` are the session-wide vector options (``--virtio-msix-vectors`` and friends); an item's
-    own ``vectors`` replaces them. Items are placed greedily into the first compatible group in order of
-    appearance, which keeps the number of boots minimal for the usual selections and is stable.
+    ``default_vectors`` are the session-wide vector options (``--vm-msix-vectors`` and friends); an item's own
+    ``vectors`` replaces them. Items are placed greedily into the first compatible group, which keeps the
+    number of boots minimal for the usual selections.
+
+    ``canonical`` (item id -> sort key; the plugin passes test file, definition line, node id) makes the
+    grouping and the VM ids independent of the order the items run in (``--ff``, ``-p randomly``, the order of
+    paths on the command line): the same selection always gives the same VMs, on every CI runner. The VMs then
+    run in order of their first item in ``items``, each VM's items in that order with ``at_end`` items last.
     """
     base_vectors = default_vectors or Vectors()
+    run_rank = {item_id: i for i, (item_id, _) in enumerate(items)}
+    keys = canonical or {}
+    grouping = sorted(items, key=lambda it: (it[0] not in keys, keys.get(it[0], ()), run_rank[it[0]]))
     groups: list[_Group] = []
-    at_end: set[str] = set()
-    for item_id, needs in items:
+    at_end = {item_id for item_id, needs in items if needs.at_end}
+    for item_id, needs in grouping:
         checks = [lookup(n) for n in needs.checks]
         audio = needs.audio or next((c.audio for c in checks if c.audio is not None), None)
         vectors = needs.vectors if needs.vectors is not None else base_vectors
@@ -189,12 +202,12 @@ def make_plan(items: Sequence[tuple[str, ItemNeeds]], default_vectors: Vectors |
             group = _Group(vectors=vectors, transitional=needs.transitional)
             groups.append(group)
         group.add(item_id, checks, audio)
-        if needs.at_end:
-            at_end.add(item_id)
     vms: list[PlannedVm] = []
     for index, g in enumerate(groups):
-        ordered = [i for i in g.items if i not in at_end] + [i for i in g.items if i in at_end]
+        in_run = sorted(g.items, key=run_rank.__getitem__)
+        ordered = [i for i in in_run if i not in at_end] + [i for i in in_run if i in at_end]
         vms.append(PlannedVm(index, g.config(), tuple(ordered), tuple(sorted(g.why.items()))))
+    vms.sort(key=lambda vm: min(run_rank[t] for t in vm.tests))
     return Plan(vms=tuple(vms), order=tuple(test for vm in vms for test in vm.tests))
 
 

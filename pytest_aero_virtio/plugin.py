@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from . import interrupts
+from . import interrupts, sharding
 from . import options as opts
 from ._pytest_internals import set_node_id, terminal_fd
 from .checks import CATALOG, Device, lookup
@@ -88,6 +88,7 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    config.pluginmanager.register(sharding, "aero-virtio-sharding")
     interrupts.install(config)  # SIGTERM ends the run like Ctrl-C, reported (interrupts.py)
     if config.pluginmanager.hasplugin("timeout"):
         config.pluginmanager.register(VmTimeouts(_uses_vm, _stream_of), "aero-virtio-timeouts")
@@ -183,6 +184,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     vm_items = [(item, needs) for item in session.items if (needs := _needs(item)) is not None]
     if not vm_items:
+        sharding.split_without_vms(session)
         return
     try:
         run = AeroRun(settings_from_config(config))
@@ -192,7 +194,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 item.add_marker(pytest.mark.skip(reason=run.no_sound_reason()))
                 continue
             planned.append((item.nodeid, needs))
-        run.plan = make_plan(planned, default_vectors=run.settings.vectors)
+        run.plan = make_plan(planned, run.settings.vectors, canonical=sharding.canonical_order(session))
+        sharding.select(session, run, dict(planned))
         run.say = terminal_writer(terminal_fd(config))
     except AeroError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -367,6 +370,8 @@ def aero_vm(request: pytest.FixtureRequest, aero_pool: VmPool) -> AeroVm:
         handle = aero_pool.get(planned)
     except AeroError as exc:
         boot_error = exc
+    except EvidenceMissing as exc:
+        pytest.skip(str(exc))
     if boot_error is not None:
         # Outside the except block: the report shows the token and the cause, not a chained traceback.
         pytest.fail(str(boot_error), pytrace=False)

@@ -1,4 +1,5 @@
-"""The run's VMs: one :class:`~pytest_aero_virtio.vm.VmHandle` per planned VM, booted lazily, stopped early.
+"""The run's VMs: one per planned VM (live :class:`~pytest_aero_virtio.vm.VmHandle` or replayed
+:class:`~pytest_aero_virtio.replay.RecordedVm`), booted lazily, stopped early.
 
 A VM is booted by the first test that needs it and stopped as soon as the next test does not use it (or at
 session end), so a run never holds more VMs than it is using. A VM that failed to boot is remembered: its
@@ -7,13 +8,13 @@ other tests fail at once with the same error instead of booting it again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
-from .errors import VM_BOOT_FAILED, AeroError, AeroFailure
+from .config import VmConfig
+from .errors import VM_BOOT_FAILED, AeroError, AeroFailure, EvidenceMissing
 from .plan import PlannedVm
-from .qemu.caps import Caps
-from .settings import Settings
-from .vm import VmHandle
+from .vmbase import VmBase
 
 __all__ = ["VmPool"]
 
@@ -22,25 +23,19 @@ class VmPool:
     """Boots each planned VM on first use, remembers boot failures, stops VMs after their last test."""
 
     def __init__(
-        self,
-        settings: Settings,
-        caps: Caps,
-        accel: Callable[[], str],
-        follow: Callable[[str], None] | None = None,
-        say: Callable[[str], None] | None = None,
+        self, make: Callable[[PlannedVm], VmBase], on_stopped: Callable[[VmConfig, float], None] | None = None
     ) -> None:
-        self.settings = settings
-        self.caps = caps
-        self._accel = accel
-        self._follow = follow
-        self._say = say
-        self._handles: dict[PlannedVm, VmHandle] = {}
+        """``make`` builds the (not yet started) VM of a plan entry: a live one, or a replay. ``on_stopped`` is
+        told each booted VM's boot-to-stop seconds (sharding records them)."""
+        self._make = make
+        self._on_stopped = on_stopped
+        self._handles: dict[PlannedVm, VmBase] = {}
         self._failed: dict[PlannedVm, AeroError] = {}
         self._released: set[PlannedVm] = set()
         #: Every VM booted so far, in boot order (a VM booted twice appears twice).
-        self.booted: list[VmHandle] = []
+        self.booted: list[VmBase] = []
 
-    def get(self, planned: PlannedVm) -> VmHandle:
+    def get(self, planned: PlannedVm) -> VmBase:
         """The running VM for ``planned``, booting it now if this is its first test (or if it was stopped
         because other tests ran in between, as after ``--ff`` reordering)."""
         if planned in self._failed:
@@ -49,10 +44,12 @@ class VmPool:
         if handle is None or planned in self._released:
             self._released.discard(planned)
             try:
-                handle = VmHandle(self.settings, planned, self.caps, self._accel(), self._follow, self._say)
+                handle = self._make(planned)
                 self._handles[planned] = handle
                 self.booted.append(handle)
                 handle.start()
+            except EvidenceMissing:
+                raise  # a replay without this VM: its tests skip, nothing failed
             except AeroError as exc:
                 self._failed[planned] = exc
                 raise
@@ -72,12 +69,14 @@ class VmPool:
         if handle is not None and planned not in self._released:
             self._released.add(planned)
             handle.stop()
+            if self._on_stopped is not None and handle.started_at and planned not in self._failed:
+                self._on_stopped(planned.config, time.monotonic() - handle.started_at)
 
     def close_all(self) -> None:
         for planned in list(self._handles):
             self.release(planned)
 
-    def handle(self, planned: PlannedVm) -> VmHandle | None:
+    def handle(self, planned: PlannedVm) -> VmBase | None:
         """The VM booted for ``planned`` while it is in use (None before its boot and after its release)."""
         return None if planned in self._released else self._handles.get(planned)
 

@@ -1,6 +1,6 @@
 """Verdicts: from a check's final marker (or its absence) to pass, or a failure with the protocol's token.
 
-Pure. The rules (PROTOCOL.md sections 2 and 7):
+Pure. The rules (docs/protocol.md):
 
 * a required check passes only with PASS (informational checks: INFO or PASS);
 * SKIP fails with ``<TEST>_SKIPPED``, FAIL with ``<TEST>_FAILED``, absence with ``MISSING_<TEST>`` - each
@@ -16,12 +16,14 @@ from typing import Literal
 
 from .checks import GuestCheck, lookup
 from .errors import (
+    NO_SERIAL_OUTPUT,
     QEMU_EXITED,
     QEMU_PCI_PREFLIGHT_FAILED,
     SELFTEST_FAILED,
     TIMEOUT,
     UDP_PORT_MISMATCH,
     VIRTIO_SND_FORCE_NULL_BACKEND,
+    VM_BOOT_FAILED,
     WAV_CHECK_FAILED,
     AeroConfigError,
     AeroError,
@@ -175,7 +177,7 @@ def _combine(problems: Sequence[AeroFailure]) -> AeroFailure:
 
 
 def exit_code(error: AeroError | None) -> int:
-    """The original harness's exit code for an outcome (PROTOCOL.md section 7).
+    """The original harness's exit code for an outcome (docs/protocol.md).
 
     0 pass; 1 a marker or requirement failed; 2 timeout, configuration or preflight error; 3 QEMU exited
     before a RESULT line; 4 the captured WAV failed its check.
@@ -184,6 +186,8 @@ def exit_code(error: AeroError | None) -> int:
         return 0
     if isinstance(error, AeroConfigError) or error.token in (
         TIMEOUT,
+        NO_SERIAL_OUTPUT,  # a guest that never speaks: the old harness's timeout
+        VM_BOOT_FAILED,  # a VM that cannot be started: its preflight error
         QEMU_PCI_PREFLIGHT_FAILED,
         UDP_PORT_MISMATCH,
     ):

@@ -10,11 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .config import VmConfig
+from .errors import EvidenceMissing
 from .plan import Plan, PlannedVm
 from .pool import VmPool
 from .qemu.accel import AccelChoice, kvm_device_usable, resolve_accel
 from .qemu.caps import Caps, probe_cached
+from .replay import RecordedVm, Recording, assign_recordings, find_recordings
 from .settings import Settings
+from .vm import VmHandle
+from .vmbase import VmBase
 
 __all__ = ["AeroRun"]
 
@@ -27,10 +32,13 @@ class AeroRun:
     plan: Plan | None = None
     #: Writes a line to the user's terminal past pytest's capture (None when there is no terminal to use).
     say: Callable[[str], None] | None = None
+    #: Told each VM's boot-to-stop seconds when it stops (sharding records them as durations).
+    on_vm_stopped: Callable[[VmConfig, float], None] | None = None
     dry_run_lines: list[str] = field(default_factory=list)
     started_pool: VmPool | None = None
     _caps: Caps | None = None
     _accel: AccelChoice | None = None
+    _recordings: dict[str, Recording] | None = None
 
     def caps(self) -> Caps:
         if self._caps is None:
@@ -52,7 +60,8 @@ class AeroRun:
         return self._accel
 
     def has_sound(self) -> bool:
-        return self.caps().has_device("virtio-sound-pci")
+        """Whether sound tests can run: a replay judges whatever was recorded, a live run needs QEMU >= 8.2."""
+        return self.settings.replay is not None or self.caps().has_device("virtio-sound-pci")
 
     def no_sound_reason(self) -> str:
         return (
@@ -62,9 +71,29 @@ class AeroRun:
 
     def pool(self) -> VmPool:
         if self.started_pool is None:
-            follow = self.say if self.settings.follow_serial else None
-            self.started_pool = VmPool(self.settings, self.caps(), lambda: self.accel().name, follow, self.say)
+            make = self._replayed if self.settings.replay is not None else self._live
+            self.started_pool = VmPool(make, self.on_vm_stopped)
         return self.started_pool
+
+    def _live(self, planned: PlannedVm) -> VmBase:
+        follow = self.say if self.settings.follow_serial else None
+        return VmHandle(self.settings, planned, self.caps(), self.accel().name, follow, self.say)
+
+    def recordings(self) -> dict[str, Recording]:
+        """Planned VM id -> its recording (``--vm-replay``); VMs not recorded are absent."""
+        assert self.settings.replay is not None and self.plan is not None
+        if self._recordings is None:
+            self._recordings = assign_recordings(self.plan.vms, find_recordings(self.settings.replay))
+        return self._recordings
+
+    def _replayed(self, planned: PlannedVm) -> VmBase:
+        recording = self.recordings().get(planned.id)
+        if recording is None:
+            raise EvidenceMissing(
+                f"{planned.id} ({planned.devices()}) was not recorded under {self.settings.replay}: no VM there ran "
+                "these tests with this configuration"
+            )
+        return RecordedVm(self.settings, planned, recording)
 
     def planned(self, nodeid: str) -> PlannedVm | None:
         if self.plan is None:

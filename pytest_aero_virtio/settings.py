@@ -35,6 +35,10 @@ class Settings:
     blk_resize_delta: int
     reference_guest: bool
     follow_serial: bool = False
+    #: ``--vm-replay``: judge this recording instead of booting (no QEMU, no image, no services).
+    replay: Path | None = None
+    #: ``--vm-provisioning``: ``fw_cfg`` sends the guest its flags and ports each boot; ``baked`` sends nothing.
+    provisioning: str = "fw_cfg"
 
 
 def resolve_qemu(value: str | None) -> QemuCommand:
@@ -79,8 +83,9 @@ def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, st
     return ref.disk, kernel, initrd, append, True
 
 
-def _plain_values(raw: dict[str, Any], reference: bool) -> dict[str, Any]:
-    """The RunOptions fields that need nothing but parsing (each error names its option)."""
+def _plain_values(raw: dict[str, Any], told: bool) -> dict[str, Any]:
+    """The RunOptions fields that need nothing but parsing (each error names its option). Ports default to
+    ephemeral ones only when the guest is ``told`` them."""
     return {
         "memory_mib": opts.parse_int("--vm-memory", raw["vm_memory"], minimum=16) or 512,
         "smp": opts.parse_int("--vm-smp", raw["vm_smp"], minimum=1, maximum=64) or 1,
@@ -89,25 +94,35 @@ def _plain_values(raw: dict[str, Any], reference: bool) -> dict[str, Any]:
         "timeout_s": opts.parse_seconds("--vm-timeout", raw["vm_timeout"]),
         "snapshot": raw["vm_snapshot"] != "off",
         "extra_args": tuple(raw["qemu_extra_args"]),
-        "http_port": opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if reference else DEFAULT_HTTP_PORT),
-        "udp_port": opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if reference else DEFAULT_UDP_PORT),
+        "http_port": opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if told else DEFAULT_HTTP_PORT),
+        "udp_port": opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if told else DEFAULT_UDP_PORT),
         "http_path": opts.parse_http_path(str(raw["vm_http_path"])),
         "follow_serial": bool(raw["vm_follow_serial"]),
         "dry_run": bool(raw["vm_dry_run"]),
     }
 
 
-def _run_options(raw: dict[str, Any]) -> tuple[RunOptions, bool]:
-    image, kernel, initrd, append, reference = _boot_files(raw)
-    artifacts = check_artifacts_dir("--vm-artifacts", Path(str(raw["vm_artifacts"])).expanduser())
+def _run_options(raw: dict[str, Any], replay: bool) -> tuple[RunOptions, bool]:
+    """RunOptions from the raw values. Ports default to ephemeral ones only when the guest is told them: the
+    reference guest provisioned through fw_cfg; a guest with baked provisioning uses the fixed defaults."""
+    given_artifacts = Path(str(raw["vm_artifacts"])).expanduser()
+    if replay:  # nothing boots: no QEMU and no image to provision or check, no artifacts written
+        image, kernel, initrd, append, reference = Path("replay.img"), None, None, None, raw["vm_image"] is None
+        qemu = QemuCommand(Path("qemu-system-x86_64"))
+        artifacts = given_artifacts.resolve()
+    else:
+        image, kernel, initrd, append, reference = _boot_files(raw)
+        qemu = resolve_qemu(raw["qemu_system"])
+        artifacts = check_artifacts_dir("--vm-artifacts", given_artifacts)
+    told = reference and raw["vm_provisioning"] == "fw_cfg"
     run = RunOptions(
-        qemu=resolve_qemu(raw["qemu_system"]),
+        qemu=qemu,
         image=image,
         kernel=kernel,
         initrd=initrd,
         append=append,
         artifacts_dir=artifacts,
-        **_plain_values(raw, reference),
+        **_plain_values(raw, told),
     )
     return run, reference
 
@@ -125,13 +140,15 @@ def check_user_inputs(config: pytest.Config) -> None:
     resolved): for pytest-xdist's controller, which collects no tests, so a bad option fails the run once, at
     start, instead of in every worker (where xdist reports only that no worker is left)."""
     raw = _raw_checked(config)
+    if raw["vm_replay"]:
+        return  # nothing boots
     image = opts.readable_file("--vm-image", raw["vm_image"])
     kernel = opts.readable_file("--vm-kernel", raw["vm_kernel"])
     opts.readable_file("--vm-initrd", raw["vm_initrd"])
     if image is not None:
         check_image("--vm-image", image, direct_kernel=kernel is not None)
     check_artifacts_dir("--vm-artifacts", Path(str(raw["vm_artifacts"])).expanduser())
-    _plain_values(raw, reference=image is None)
+    _plain_values(raw, told=False)
     opts.parse_seconds("--vm-silence-timeout", raw["vm_silence_timeout"])
     opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1)
     Vectors(**opts.vectors_from(raw))
@@ -144,7 +161,13 @@ def check_user_inputs(config: pytest.Config) -> None:
 def settings_from_config(config: pytest.Config) -> Settings:
     """Validate every option (clear errors naming the option and the fix) and resolve the defaults."""
     raw = _raw_checked(config)
-    run, reference = _run_options(raw)
+    replay = Path(str(raw["vm_replay"])).expanduser().resolve() if raw["vm_replay"] else None
+    if raw["vm_provisioning"] == "baked" and raw["vm_guest_args"]:
+        raise AeroConfigError(
+            "--vm-guest-arg cannot reach a guest with --vm-provisioning=baked: nothing is sent to it",
+            fix="bake the arguments into the guest's image, or use --vm-provisioning=fw_cfg",
+        )
+    run, reference = _run_options(raw, replay is not None)
     delta_mib = opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1) or 64
     return Settings(
         options=run,
@@ -154,4 +177,6 @@ def settings_from_config(config: pytest.Config) -> Settings:
         blk_resize_delta=delta_mib << 20,
         reference_guest=reference,
         follow_serial=run.follow_serial,
+        replay=replay,
+        provisioning=str(raw["vm_provisioning"]),
     )

@@ -34,9 +34,9 @@ from .markers import HostMarker, Marker
 if TYPE_CHECKING:
     from .config import RunOptions, VmConfig
     from .plan import Plan, PlannedVm
-    from .vm import VmHandle
+    from .vmbase import VmBase
 
-#: Modern-only virtio-pci device IDs by device group, keyed by our QEMU device ids (PROTOCOL.md section 5).
+#: Modern-only virtio-pci device IDs by device group, keyed by our QEMU device ids (docs/protocol.md).
 MODERN_IDS: dict[str, dict[str, int]] = {
     "blk": {"vblk0": 0x1042},
     "net": {"vnet0": 0x1041},
@@ -70,22 +70,24 @@ class AeroVm:
     ``plan`` the whole plan, so a test (or a reader in a debugger) can see which VM it got and why.
     """
 
-    def __init__(self, handle: VmHandle, node: pytest.Item, plan: Plan | None = None) -> None:
+    def __init__(self, handle: VmBase, node: pytest.Item, plan: Plan | None = None) -> None:
         self.handle = handle
         self.plan = plan
         self._node = node
         self.checks = test_checks(node)
-        #: What the VM is: its configuration, the run's options, and the host ports the guest was told.
+        #: What the VM is: its configuration and the run's options.
         self.config: VmConfig = handle.config
         self.options: RunOptions = handle.options
-        self.http_port: int = handle.http_port
-        self.udp_port: int = handle.udp_port
         self._record("aero_vm", f"{handle.planned.id}: {handle.planned.devices()}")
         self._record("serial_log", str(handle.artifacts.serial))
 
     @property
     def planned(self) -> PlannedVm:
         return self.handle.planned
+
+    def ports(self) -> tuple[int, int]:
+        """(HTTP, UDP): the host ports the guest was told (replayed: the ports the recorded host served)."""
+        return self.handle.ports()
 
     def __repr__(self) -> str:
         return f"<AeroVm {self.planned.id}: {'; '.join(self.planned.describe()[:3])}>"
@@ -146,6 +148,7 @@ class AeroVm:
 
     def expect_host(self, topic: str, status: str) -> HostMarker:
         """The latest host marker of ``topic`` must have ``status`` (host markers record what the host did)."""
+        self.handle.require_host_evidence()
         # The host records an action's outcome after QEMU's reply, which can come just after the guest's verdict:
         # give it a moment before deciding.
         deadline = time.monotonic() + 5.0
@@ -217,7 +220,7 @@ class AeroVm:
     def pci_preflight(self, expected: Mapping[str, int], mode: str = "modern") -> None:
         """QEMU's ``query-pci`` must show our devices with the virtio vendor and the expected device IDs.
 
-        ``query-pci`` has no revision field and no MSI-X state (PROTOCOL.md section 6), so IDs are all a
+        ``query-pci`` has no revision field and no MSI-X state (docs/protocol.md), so IDs are all a
         host-side preflight can check honestly.
         """
         seen = self.handle.pci_devices()

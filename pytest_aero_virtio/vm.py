@@ -24,19 +24,19 @@ from typing import Any
 from .actions import vm_reactions
 from .actions.base import ActionContext, Reactor
 from .artifacts import ArtifactDir
-from .checks import GuestCheck, lookup
-from .config import RunOptions, VmConfig
+from .config import VmConfig
 from .errors import UDP_PORT_MISMATCH, AeroConfigError, AeroFailure
 from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, StreamItem
-from .plan import PlannedVm, guest_args, required_checks
+from .plan import PlannedVm, guest_args
 from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, detect_image_format
 from .qemu.caps import Caps
 from .qemu.qmp import QmpChannel
 from .qemu.session import VmSession
 from .settings import Settings
 from .stream import MarkerStream
+from .vmbase import VmBase, pci_ids
 
 __all__ = ["WORKER", "VmHandle", "port_mismatch", "runtime_paths"]
 
@@ -59,19 +59,21 @@ def runtime_paths(
 ) -> RuntimePaths:
     """The launch-time facts of one VM, for a boot and for the dry run alike (one rule for each of them).
 
-    The wav file exists only for a VM with sound on the wav backend; the overlay only with snapshot on.
+    The wav file exists only for a VM with sound on the wav backend; the overlay only with snapshot on; the
+    guest's arguments only with fw_cfg provisioning (a baked guest is sent nothing).
     """
+    args = guest_args(
+        config,
+        http_port=http_port,
+        udp_port=udp_port,
+        http_path=settings.options.http_path,
+        extra=settings.guest_extra_args,
+    )
     return RuntimePaths(
         serial=serial,  # type: ignore[arg-type]
         qmp=qmp,
         wav_path=wav_path if config.snd and config.audio == "wav" else None,
-        guest_args=guest_args(
-            config,
-            http_port=http_port,
-            udp_port=udp_port,
-            http_path=settings.options.http_path,
-            extra=settings.guest_extra_args,
-        ),
+        guest_args=args if settings.provisioning == "fw_cfg" else "",
         accel=accel,
         image_format=image_format,
         overlay=overlay if settings.options.snapshot else None,
@@ -93,7 +95,7 @@ def port_mismatch(config_marker: Marker, http_port: int, udp_port: int) -> str |
     return "; ".join(problems) or None
 
 
-class VmHandle:
+class VmHandle(VmBase):
     """One VM of the run: its session, stream, services and what the tests ask of it."""
 
     def __init__(
@@ -154,17 +156,8 @@ class VmHandle:
     def __repr__(self) -> str:
         return f"<VmHandle {self.planned.id} {self.planned.devices()} {self.session.state.value}>"
 
-    @property
-    def options(self) -> RunOptions:
-        return self.settings.options
-
-    @property
-    def http_port(self) -> int:
-        return self.services.http_port
-
-    @property
-    def udp_port(self) -> int:
-        return self.services.udp_port
+    def ports(self) -> tuple[int, int]:
+        return self.services.http_port, self.services.udp_port
 
     # -- lifecycle ------------------------------------------------------------------------------------------
     def _argv(self, serial_fd: int, qmp_fd: int) -> list[str]:
@@ -280,41 +273,6 @@ class VmHandle:
         if self.session.silence is not None:
             self.session.silence.allow_quiet(seconds)
 
-    # -- waits ----------------------------------------------------------------------------------------------
-    def remaining(self) -> float:
-        return max(0.1, self.deadline - time.monotonic())
-
-    def wait_final(self, name: str) -> Marker:
-        """The check's final marker. INFO ends the wait only for informational checks: a PASS check may
-        print INFO progress lines before its verdict."""
-        if lookup(name).expect == "info":
-            return self.stream.wait_final(name, self.remaining())
-        return self.stream.wait_final(name, self.remaining(), statuses=("PASS", "FAIL", "SKIP"))
-
-    def wait_result(self) -> Marker:
-        return self.stream.wait_result(self.remaining())
-
-    def wait_config(self) -> Marker:
-        return self.stream.wait_for(lambda m: m.kind == "CONFIG", self.remaining(), "the guest's CONFIG line")
-
-    def required_checks(self) -> list[GuestCheck]:
-        """Checks that must accompany RESULT|PASS on this VM (see :func:`plan.required_checks`)."""
-        return required_checks(self.config)
-
-    # -- host side ------------------------------------------------------------------------------------------
-    def serial_tail(self) -> list[str]:
-        return self.stream.tail()
-
-    def artifact_paths(self) -> dict[str, Path]:
-        return self.artifacts.paths(existing_only=True)
-
-    def host_markers(self) -> list[HostMarker]:
-        return self.stream.host_markers
-
-    def record_host(self, hm: HostMarker) -> None:
-        """A host-side check's outcome (the PCI preflight): into the stream, which logs it like any other."""
-        self.stream.add_host(hm)
-
     def udp_datagrams(self) -> int:
         return sum(1 for d in self.services.datagrams if d.echoed)
 
@@ -324,29 +282,18 @@ class VmHandle:
     def qmp(self, command: str, arguments: Mapping[str, object] | None = None) -> Any:
         return self.session.qmp(command, arguments)
 
-    def pci_devices(self) -> dict[str, tuple[int, int]]:
-        """qdev id -> (vendor, device) of every PCI function, from QMP ``query-pci`` at boot.
+    def status(self) -> str:
+        return self.session.ending.value if self.session.ending is not None else self.session.state.value
 
-        Read once right after QMP is up and kept: the PCI layout never changes, and a test asking after the
+    def pci_devices(self) -> dict[str, tuple[int, int]]:
+        """Read once right after QMP is up and kept: the PCI layout never changes, and a test asking after the
         guest powered off (it does so after RESULT) must still get an answer."""
         if self._pci is None:
             self._pci = self._query_pci()
         return self._pci
 
     def _query_pci(self) -> dict[str, tuple[int, int]]:
-        out: dict[str, tuple[int, int]] = {}
-
-        def walk(devices: list[dict[str, Any]]) -> None:
-            for dev in devices:
-                ident = dev.get("id", {})
-                qdev = dev.get("qdev_id") or ""
-                if qdev:
-                    out[qdev] = (int(ident.get("vendor", 0)), int(ident.get("device", 0)))
-                walk(dev.get("pci_bridge", {}).get("devices", []))
-
-        for bus in self.qmp("query-pci"):
-            walk(bus.get("devices", []))
-        return out
+        return pci_ids(self.qmp("query-pci"))
 
     def finish_for_wav(self) -> Path:
         """Wait for the guest's RESULT and for QEMU to exit (a clean exit writes the WAV header)."""

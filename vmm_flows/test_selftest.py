@@ -17,10 +17,11 @@ def test_selftest_result(aero_vm: AeroVm) -> None:
 def test_guest_config_matches_host(aero_vm: AeroVm) -> None:
     """The guest's CONFIG line names the ports the host serves (a mismatch fails at once, UDP_PORT_MISMATCH)."""
     m = aero_vm.expect_config()
+    http_port, udp_port = aero_vm.ports()
     if m.has("udp_port"):
-        m.require(m.integer("udp_port") == aero_vm.udp_port, f"the host echoes on UDP port {aero_vm.udp_port}")
+        m.require(m.integer("udp_port") == udp_port, f"the host echoes on UDP port {udp_port}")
     if m.has("http_url"):
-        tail = f":{aero_vm.http_port}{aero_vm.options.http_path}"
+        tail = f":{http_port}{aero_vm.options.http_path}"
         m.require(m.text("http_url").endswith(tail), f"the host serves {tail}")
 
 

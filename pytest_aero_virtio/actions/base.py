@@ -1,6 +1,6 @@
 """Reactions: host actions bound to guest lines, run as tasks on the VM's event loop.
 
-A guest blocked at a READY line waits a few seconds for the host (PROTOCOL.md section 3) and then gives up,
+A guest blocked at a READY line waits a few seconds for the host (docs/protocol.md) and then gives up,
 whatever pytest happens to be doing. So reactions are armed before QEMU starts and fire from the stream's
 subscriber callback the moment the line is parsed: :meth:`Reactor.on_marker` only matches triggers and
 schedules tasks, it never blocks the loop and never re-enters the stream (the stream may hold its lock
@@ -38,7 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: How much the disk grows on ``virtio-blk-resize|READY`` (PROTOCOL.md section 3).
+#: How much the disk grows on ``virtio-blk-resize|READY`` (docs/protocol.md).
 DEFAULT_BLK_RESIZE_DELTA = 64 * 1024 * 1024
 
 

@@ -1,6 +1,6 @@
 """Grow the virtio disk when the guest says ``virtio-blk-resize|READY|disk=N|old_bytes=X``.
 
-The guest polls its disk size for 60 s (PROTOCOL.md section 3). The new size is ``X + delta`` rounded up to
+The guest polls its disk size for 60 s (docs/protocol.md). The new size is ``X + delta`` rounded up to
 a 512-byte sector, computed from the guest's own figure (not the image file's) so the guest sees exactly
 the growth it expects. ``blockdev-resize`` is used when this QEMU has it (probed in Caps); QEMU 7.2 and
 10.0 only have ``block_resize``, which also serves as the fallback when the first command is refused.

@@ -1,4 +1,4 @@
-"""Input injection over QMP ``input-send-event`` (PROTOCOL.md sections 3 and 6).
+"""Input injection over QMP ``input-send-event`` (docs/protocol.md).
 
 Facts this module is built on (measured on QEMU 7.2 and checked against ``ui/input.c``):
 

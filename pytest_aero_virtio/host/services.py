@@ -1,4 +1,4 @@
-"""Host services the guest reaches through QEMU user networking (PROTOCOL.md section 4).
+"""Host services the guest reaches through QEMU user networking (docs/protocol.md).
 
 The guest's net checks talk to ``10.0.2.2:<port>``, which QEMU's slirp forwards to the host's loopback, so
 both services bind to 127.0.0.1 only: nothing outside this machine can reach them.

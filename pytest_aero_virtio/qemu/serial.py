@@ -21,6 +21,11 @@ __all__ = ["SerialReader"]
 LOG = logging.getLogger(__name__)
 
 _READ_CHUNK = 65536
+#: After a read that did not fill the buffer, wait this long before the next one. QEMU sends the console one
+#: byte per ``send()`` (its UART emulation); reading as each byte arrives costs a wakeup, an epoll round trip and
+#: the Python loop per byte - 1.6x the CPU of a bare QEMU on a guest that prints 1 MiB. Letting the bytes
+#: gather for 2 ms reads kilobytes per wakeup and adds at most 2 ms to a marker's latency.
+COALESCE_S = 0.002
 
 
 class SerialReader:
@@ -57,6 +62,8 @@ class SerialReader:
                 self._log.write(data)
                 self._log.flush()
             self._emit(self._splitter.feed(data))
+            if len(data) < _READ_CHUNK:
+                await asyncio.sleep(COALESCE_S)
         self._emit(self._splitter.flush())
 
     def _emit(self, lines: list[str]) -> None:

@@ -37,6 +37,8 @@ def _vm_lines(vm: PlannedVm, verbose: bool) -> list[str]:
 def header_lines(run: AeroRun, verbose: bool = False) -> list[str]:
     """The report header: QEMU (path, version), accelerator and why, image, and the planned VMs."""
     o = run.settings.options
+    if run.settings.replay is not None:
+        return _replay_header(run, verbose)
     guest = " (reference guest)" if run.settings.reference_guest else ""
     lines = [
         f"aero-virtio: QEMU {run.caps().version_str} at {o.qemu}",
@@ -49,6 +51,37 @@ def header_lines(run: AeroRun, verbose: bool = False) -> list[str]:
         lines.append(f"aero-virtio: {len(run.plan.vms)} VM(s) planned for {len(run.plan.order)} test(s)")
         for vm in run.plan.vms:
             lines += _vm_lines(vm, verbose)
+        lines += _opt_in_lines(run)
+    return lines
+
+
+def _opt_in_lines(run: AeroRun) -> list[str]:
+    """Why a fixed image is asked for what it may not be provisioned for: the opt-in checks selected."""
+    assert run.plan is not None
+    wanted = sorted({(what, check) for vm in run.plan.vms for what, check in vm.why if what.startswith("--")})
+    how = (
+        "sent through fw_cfg (opt/aero/args)"
+        if run.settings.provisioning == "fw_cfg"
+        else "NOT sent (--vm-provisioning=baked): the image must have them baked in"
+    )
+    if not wanted:
+        return [f"aero-virtio: no opt-in check selected (base checks only); guest flags {how}"]
+    checks = ", ".join(f"{check} ({flag})" for flag, check in wanted)
+    return [
+        f"aero-virtio: opt-in checks selected, their guest flags {how}: {checks}",
+        "aero-virtio: a guest provisioned without a flag fails its check <CHECK>_SKIPPED; -m 'not aero_opt_in' "
+        "selects the base checks only",
+    ]
+
+
+def _replay_header(run: AeroRun, verbose: bool) -> list[str]:
+    """A replay boots nothing: say where each planned VM's recording comes from (or that there is none)."""
+    lines = [f"aero-virtio: replaying {run.settings.replay} (no QEMU runs; tests without recorded evidence skip)"]
+    if run.plan is not None:
+        for vm in run.plan.vms:
+            found = run.recordings().get(vm.id)
+            lines += _vm_lines(vm, verbose)
+            lines.append(f"    recording:   {found.label if found is not None else 'none: its tests skip'}")
     return lines
 
 
@@ -64,6 +97,6 @@ def summary_lines(pool: VmPool) -> list[str]:
     """One line per VM booted: its artifact directory and how it ended."""
     out = []
     for handle in pool.booted:
-        status = "boot failed" if pool.failed(handle.planned) else handle.session.ending or "running"
-        out.append(f"{handle.planned.id}: {handle.artifacts.dir}  [{getattr(status, 'value', status)}]")
+        status = "boot failed" if pool.failed(handle.planned) else handle.status()
+        out.append(f"{handle.planned.id}: {handle.artifacts.dir}  [{status}]")
     return out

@@ -17,6 +17,7 @@ from docs_tables import DOCS
 import pytest_aero_virtio
 from pytest_aero_virtio.errors import (
     ALL_FIXED_TOKENS,
+    bad_field_token,
     failed_token,
     host_status_token,
     missing_host_token,
@@ -28,7 +29,7 @@ TEXT = (DOCS / "troubleshooting.md").read_text(encoding="utf-8")
 PACKAGE = Path(pytest_aero_virtio.__file__).parent
 TOKEN = re.compile(r"<?[A-Z][A-Z0-9]*>?(?:_<?[A-Z0-9]+>?)+")
 #: The per-check families of errors.missing_token & co., as the docs write them.
-FAMILIES = {"MISSING_<TEST>", "<TEST>_FAILED", "<TEST>_SKIPPED"}
+FAMILIES = {"MISSING_<TEST>", "<TEST>_FAILED", "<TEST>_SKIPPED", "<TEST>_BAD_FIELD"}
 
 
 def _headings() -> set[str]:
@@ -84,8 +85,8 @@ def test_every_fixed_token_has_an_entry() -> None:
 
 def test_every_per_check_family_has_an_entry() -> None:
     # The families are what errors.py builds from a check name (<TEST> = its name_token).
-    built = (missing_token("x-y"), failed_token("x-y"), skipped_token("x-y"))
-    assert built == ("MISSING_X_Y", "X_Y_FAILED", "X_Y_SKIPPED")
+    built = (missing_token("x-y"), failed_token("x-y"), skipped_token("x-y"), bad_field_token("x-y"))
+    assert built == ("MISSING_X_Y", "X_Y_FAILED", "X_Y_SKIPPED", "X_Y_BAD_FIELD")
     assert _headings() >= FAMILIES
 
 
@@ -124,6 +125,6 @@ def test_the_guides_token_list_names_every_token() -> None:
     guide = (DOCS / "guide.md").read_text(encoding="utf-8")
     section = guide.split("## Failure tokens", 1)[1]
     listed = set(re.findall(r"`([^`]+)`", section))
-    families = FAMILIES | {"MISSING_HOST_<TOPIC>", "<TOPIC>_<STATUS>", "<CHECK>_BAD_FIELD"}
+    families = FAMILIES | {"MISSING_HOST_<TOPIC>", "<TOPIC>_<STATUS>", "<TEST>_BAD_FIELD"}
     missing = sorted((ALL_FIXED_TOKENS | set(_spelled_tokens()) | families) - listed)
     assert not missing, f"docs/guide.md's failure token list lacks {missing}"

@@ -57,7 +57,7 @@ def test_parse_qmp_transcript_real_72() -> None:
     assert caps.has_device("virtio-blk-pci") and caps.has_device("VGA")
     for dev in ("virtio-blk-pci", "virtio-net-pci", "virtio-keyboard-pci", "virtio-mouse-pci"):
         assert caps.has_prop(dev, "vectors") and caps.has_prop(dev, "disable-legacy")
-        assert not caps.has_prop(dev, "x-pci-revision")  # PROTOCOL.md section 5
+        assert not caps.has_prop(dev, "x-pci-revision")  # docs/protocol.md
     assert caps.has_prop("virtio-keyboard-pci", "display")
     assert not caps.has_prop("virtio-blk-pci", "display")
     assert caps.at_least(7, 2) and not caps.at_least(8, 2)
