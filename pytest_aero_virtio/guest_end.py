@@ -25,7 +25,7 @@ EXPLAINING: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bOops\b|Unable to handle (kernel|page)|general protection fault"), "oops"),
     (re.compile(r"\bBUG: |soft lockup|hard LOCKUP|blocked for more than \d+ seconds"), "bug"),
     (re.compile(r"Out of memory: Kill|oom-kill:"), "oom"),
-    (re.compile(r"\*\*\* STOP: 0x|BugCheck|BUGCHECK|bug ?check", re.IGNORECASE), "bugcheck"),
+    (re.compile(r"\*\*\* STOP: 0x|\bbug ?check\b", re.IGNORECASE), "bugcheck"),
     (re.compile(r"reboot: Power down|System halted|reboot: System halted|ACPI: PM: Preparing to enter"), "poweroff"),
     (re.compile(r"reboot: Restarting system|Rebooting in \d+ seconds"), "reboot"),
     (re.compile(r"Traceback \(most recent call last\)|Segmentation fault|segfault at"), "crash"),

@@ -33,6 +33,8 @@ from pytest_aero_virtio.stream import MarkerStream
         ("*** STOP: 0x0000007B (0xF78D2524,0xC0000034,0x00000000,0x00000000)", "bugcheck"),
         ("AERO_VIRTIO_SELFTEST|TEST|virtio-blk|PASS", None),
         ("debug: no BUGS here", None),
+        ("selftest: debug check of the ring passed", None),
+        ("KeBugCheckEx BugCheck 0x9F", "bugcheck"),
     ],
 )
 def test_explains(line: str, kind: str | None) -> None:
