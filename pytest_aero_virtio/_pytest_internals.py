@@ -21,6 +21,7 @@ __all__ = [
     "junit_xml",
     "set_node_id",
     "terminal_fd",
+    "write_junit_now",
 ]
 
 #: pytest-xdist's own ``xdist_group`` handling assigns ``item._nodeid``, which pytest 9 no longer reads (it
@@ -123,3 +124,26 @@ def junit_suite_property(logxml: Any, name: str, value: str) -> None:
     """A ``<property>`` of the test suite (``LogXML.add_global_property``, what ``record_testsuite_property``
     calls), added by the process that writes the XML: the xdist controller, or the only process."""
     logxml.add_global_property(name, value)
+
+
+def write_junit_now(config: pytest.Config) -> bool:
+    """Write the ``--junitxml`` file now, with the tests reported so far; False when there is none to write.
+
+    Why: pytest-timeout's ``thread`` method ends a hung test by ``os._exit(1)``, so pytest never reaches
+    ``pytest_sessionfinish``, where its JUnit plugin writes the file, and CI loses the results of every test
+    that finished. The JUnit plugin object (``LogXML``) is kept under a private stash key
+    (``_pytest.junitxml.xml_key``); its ``pytest_sessionfinish`` takes no arguments and only writes the file.
+    Under xdist this is the controller's job (workers have no LogXML), so it does nothing in a worker.
+    """
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest that moved it
+        return False
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return False
+    try:
+        xml.pytest_sessionfinish()
+    except Exception:
+        return False
+    return True

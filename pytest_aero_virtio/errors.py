@@ -24,7 +24,9 @@ __all__ = [
     "FAIL_PREFIX",
     "HOST_HTTP_NOT_SEEN",
     "HOST_UDP_NOT_SEEN",
+    "IMAGE_INVALID",
     "IMAGE_UNREADABLE",
+    "INTERRUPTED",
     "MIRROR_FAILED",
     "MISSING_MARKER",
     "NO_SERIAL_OUTPUT",
@@ -47,6 +49,7 @@ __all__ = [
     "AeroError",
     "AeroFailure",
     "EvidenceMissing",
+    "RunInterrupted",
     "bad_field_token",
     "fail_line",
     "failed_token",
@@ -90,6 +93,10 @@ HOST_UDP_NOT_SEEN = "HOST_UDP_NOT_SEEN"
 HOST_HTTP_NOT_SEEN = "HOST_HTTP_NOT_SEEN"
 #: A generic wait (not for a named check) ended with the guest's RESULT line and no match.
 MISSING_MARKER = "MISSING_MARKER"
+#: The file given as the VM image is no disk image QEMU can boot (empty, text, unknown format).
+IMAGE_INVALID = "IMAGE_INVALID"
+#: The run was ended from outside (SIGTERM: a CI job cancelled or timed out) while this test ran.
+INTERRUPTED = "INTERRUPTED"
 
 ALL_FIXED_TOKENS: frozenset[str] = frozenset(
     {
@@ -115,6 +122,8 @@ ALL_FIXED_TOKENS: frozenset[str] = frozenset(
         MIRROR_FAILED,
         HOST_UDP_NOT_SEEN,
         HOST_HTTP_NOT_SEEN,
+        IMAGE_INVALID,
+        INTERRUPTED,
     }
 )
 
@@ -219,6 +228,7 @@ class AeroFailure(AeroError):
 
     serial_tail: list[str]
     artifacts: dict[str, Path]
+    explaining: list[str]
 
     def __init__(
         self,
@@ -227,13 +237,20 @@ class AeroFailure(AeroError):
         fix: str | None = None,
         serial_tail: Sequence[str] | None = None,
         artifacts: Mapping[str, Path] | None = None,
+        explaining: Sequence[str] | None = None,
     ) -> None:
         super().__init__(token, message, fix)
         self.serial_tail = list(serial_tail or ())
         self.artifacts = dict(artifacts or {})
+        #: Serial lines that explain how the guest ended (a kernel panic, an oops, a power down), with their
+        #: line numbers: they are often far above the tail (a panic's stack trace fills the last lines).
+        self.explaining = list(explaining or ())
 
     def with_context(
-        self, serial_tail: Sequence[str] | None = None, artifacts: Mapping[str, Path] | None = None
+        self,
+        serial_tail: Sequence[str] | None = None,
+        artifacts: Mapping[str, Path] | None = None,
+        explaining: Sequence[str] | None = None,
     ) -> AeroFailure:
         """A copy of this failure (same class) with the given tail/artifacts filled in where still empty."""
         clone = type(self).__new__(type(self))
@@ -244,11 +261,14 @@ class AeroFailure(AeroError):
             self.fix,
             serial_tail=self.serial_tail or list(serial_tail or ()),
             artifacts={**dict(artifacts or {}), **self.artifacts},
+            explaining=self.explaining or list(explaining or ()),
         )
         return clone
 
     def __str__(self) -> str:
         text = super().__str__()
+        if self.explaining:
+            text += "\nserial lines that explain the end:\n" + "\n".join(f"  ! {line}" for line in self.explaining)
         if self.serial_tail:
             text += f"\nlast {len(self.serial_tail)} serial lines:\n" + "\n".join(
                 f"  | {line}" for line in self.serial_tail
@@ -256,6 +276,28 @@ class AeroFailure(AeroError):
         if self.artifacts:
             text += "\nartifacts:\n" + "\n".join(f"  {name}: {path}" for name, path in sorted(self.artifacts.items()))
         return text
+
+
+class RunInterrupted(BaseException):
+    """Raised on the test's thread by the plugin's SIGTERM handler: the run is being ended from outside.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` in a test or a helper swallows it;
+    unlike KeyboardInterrupt, pytest reports the test it interrupts (as ``FAIL: INTERRUPTED: ...``) and
+    then stops the run cleanly, so the JUnit file and the summary are written.
+    """
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+        self.why = f"{signame} received (the run is being cancelled, e.g. a CI job timed out or was stopped)"
+        self.fix = (
+            "nothing to fix in the test: the VMs were stopped and the run ended early; raise the CI job's time "
+            "limit if it was hit"
+        )
+
+    def failure(self, where: str) -> AeroError:
+        """The report of the test this interrupted, ``where`` saying what it was doing."""
+        return AeroError(INTERRUPTED, f"{self.why} during {where}", self.fix)
 
 
 class EvidenceMissing(Exception):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 
 from .config import DEFAULT_HTTP_PATH, DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT
 from .errors import IMAGE_UNREADABLE, AeroConfigError
+from .preflight import open_error
 
 GROUP = "aero-virtio"
 GROUP_DESCRIPTION = "aero virtio selftest under QEMU (pytest-aero-virtio)"
@@ -359,24 +361,22 @@ def parse_choice(opt_flag: str, value: str, choices: tuple[str, ...]) -> str:
 
 
 def readable_file(flag: str, value: str | None) -> Path | None:
-    """A path that must name a readable regular file (images, kernels): checked before QEMU sees it."""
+    """A path that must name a readable regular file (images, kernels): checked before QEMU sees it, with the
+    real cause when it is not (a symlink loop, a dangling link, a permission problem on the way)."""
     if value is None or value == "":
         return None
     path = Path(os.path.expanduser(str(value)))
-    if not path.exists():
-        raise AeroConfigError(
-            f"{flag}: {path} does not exist", fix=f"pass an existing file to {flag}", token=IMAGE_UNREADABLE
-        )
-    if not path.is_file():
+    try:
+        st = path.stat()
+        if stat.S_ISREG(st.st_mode):
+            with open(path, "rb"):
+                pass
+    except OSError as exc:
+        raise open_error(flag, path, exc) from None
+    if not stat.S_ISREG(st.st_mode):
         raise AeroConfigError(
             f"{flag}: {path} is not a regular file",
             fix=f"pass a disk image file to {flag}",
-            token=IMAGE_UNREADABLE,
-        )
-    if not os.access(path, os.R_OK):
-        raise AeroConfigError(
-            f"{flag}: {path} is not readable by this user",
-            fix=f"chmod a+r {path} or run as its owner",
             token=IMAGE_UNREADABLE,
         )
     return path.resolve()

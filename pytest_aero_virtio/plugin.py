@@ -9,29 +9,27 @@ Read top to bottom it is the run: options -> markers -> collection (plan, order,
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from collections.abc import Generator, Iterator
-from types import FrameType
 from typing import Any
 
 import pytest
 
+from . import interrupts, sharding
 from . import options as opts
-from . import sharding
 from ._pytest_internals import set_node_id, terminal_fd
 from .checks import CATALOG, Device, lookup
 from .config import Vectors
 from .errors import AeroError, AeroFailure, EvidenceMissing
 from .plan import ItemNeeds, PlannedVm, make_plan
 from .pool import VmPool
-from .qemu.process import kill_all
 from .report.dryrun import dry_run_lines
 from .report.hooks import ObservePlugin
-from .report.terminal import header_lines, summary_lines, terminal_writer
+from .report.terminal import header_lines, snapshot_off_lines, summary_lines, terminal_writer
 from .run import AeroRun
-from .settings import settings_from_config
+from .settings import check_user_inputs, settings_from_config
+from .stream import MarkerStream
 from .testing import AeroDevice, AeroVm
+from .timeouts import VmTimeouts
 
 _RUN_KEY = pytest.StashKey[AeroRun]()
 _VM_KEY = pytest.StashKey[PlannedVm]()
@@ -94,28 +92,29 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(sharding, "aero-virtio-sharding")
     # Progress, screenshots, kept VMs, JUnit and HTML evidence: their hooks live in report/hooks.py.
     config.pluginmanager.register(ObservePlugin(config, _RUN_KEY, _VM_KEY), "aero-virtio-observe")
-    _kill_qemu_on_sigterm()
+    interrupts.install(config)  # SIGTERM ends the run like Ctrl-C, reported (interrupts.py)
+    if config.pluginmanager.hasplugin("timeout"):
+        config.pluginmanager.register(VmTimeouts(_uses_vm, _stream_of), "aero-virtio-timeouts")
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        # The xdist controller collects nothing, and a worker's usage error reaches it only as "no active
+        # workers": check what the user gave (an image, a QEMU, the artifacts root) here, once, first.
+        try:
+            check_user_inputs(config)
+        except AeroError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
-def _kill_qemu_on_sigterm() -> None:
-    """A SIGTERM to pytest (a CI runner cancelling the job) kills every QEMU at once, then does what it did.
+def _uses_vm(item: pytest.Item) -> bool:
+    return _VM_KEY in item.stash
 
-    SIGINT needs nothing: it raises KeyboardInterrupt and the fixtures' teardown stops the VMs. SIGKILL
-    cannot be caught: there PR_SET_PDEATHSIG in the QEMU child does the work (see qemu/process.py).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        kill_all()
-        if callable(previous):
-            previous(signum, frame)
-        else:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+def _stream_of(item: pytest.Item) -> MarkerStream | None:
+    """The marker stream of the VM ``item`` runs on, once booted (for pytest-timeout's takeover)."""
+    run = item.config.stash.get(_RUN_KEY, None)
+    planned = item.stash.get(_VM_KEY, None)
+    pool = run.started_pool if run is not None else None
+    handle = pool.in_use(planned) if pool is not None and planned is not None else None
+    return handle.stream if handle is not None else None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -283,6 +282,17 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
             following = nextitem.stash.get(_VM_KEY, None) if nextitem is not None else None
             if following != planned:
                 pool.release(planned)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist the controller collects nothing, so it never prints the plan header: it still says, once
+    (also under ``-q``), that ``--vm-snapshot=off`` lets the guest write the image."""
+    config = session.config
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None and getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        for line in snapshot_off_lines(opts.collect(config)):
+            reporter.write_line(line)
 
 
 def pytest_report_collectionfinish(

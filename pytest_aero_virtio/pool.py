@@ -80,5 +80,9 @@ class VmPool:
         for planned in list(self._handles):
             self.release(planned)
 
+    def in_use(self, planned: PlannedVm) -> VmBase | None:
+        """The VM booted for ``planned`` while it is in use (None before its boot and after its release)."""
+        return None if planned in self._released else self._handles.get(planned)
+
     def failed(self, planned: PlannedVm) -> bool:
         return planned in self._failed

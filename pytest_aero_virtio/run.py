@@ -77,7 +77,7 @@ class AeroRun:
 
     def _live(self, planned: PlannedVm) -> VmBase:
         follow = self.say if self.settings.follow_serial else None
-        return VmHandle(self.settings, planned, self.caps(), self.accel().name, follow)
+        return VmHandle(self.settings, planned, self.caps(), self.accel().name, follow, self.say)
 
     def recordings(self) -> dict[str, Recording]:
         """Planned VM id -> its recording (``--vm-replay``); VMs not recorded are absent."""

@@ -19,8 +19,9 @@ import pytest
 from . import options as opts
 from .config import DEFAULT_HTTP_PORT, DEFAULT_UDP_PORT, QemuCommand, RunOptions, Vectors
 from .errors import QEMU_NOT_FOUND, AeroConfigError
+from .preflight import check_artifacts_dir, check_image
 
-__all__ = ["Settings", "resolve_qemu", "settings_from_config"]
+__all__ = ["Settings", "check_user_inputs", "resolve_qemu", "settings_from_config"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, st
                 "--vm-direct-boot=on boots the reference guest's kernel, but --vm-image names another guest",
                 fix="give that guest's kernel with --vm-kernel (and --vm-initrd/--vm-append), or drop --vm-direct-boot",
             )
+        check_image("--vm-image", image, direct_kernel=kernel is not None)
         return image, kernel, initrd, append, False
     from .refenv.image import ensure_image
 
@@ -85,47 +87,84 @@ def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, st
     return ref.disk, kernel, initrd, append, True
 
 
+def _plain_values(raw: dict[str, Any], told: bool) -> dict[str, Any]:
+    """The RunOptions fields that need nothing but parsing (each error names its option). Ports default to
+    ephemeral ones only when the guest is ``told`` them."""
+    return {
+        "memory_mib": opts.parse_int("--vm-memory", raw["vm_memory"], minimum=16) or 512,
+        "smp": opts.parse_int("--vm-smp", raw["vm_smp"], minimum=1, maximum=64) or 1,
+        "machine": str(raw["vm_machine"]),
+        "accel": raw["vm_accel"],
+        "timeout_s": opts.parse_seconds("--vm-timeout", raw["vm_timeout"]),
+        "snapshot": raw["vm_snapshot"] != "off",
+        "extra_args": tuple(raw["qemu_extra_args"]),
+        "http_port": opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if told else DEFAULT_HTTP_PORT),
+        "udp_port": opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if told else DEFAULT_UDP_PORT),
+        "http_path": opts.parse_http_path(str(raw["vm_http_path"])),
+        "follow_serial": bool(raw["vm_follow_serial"]),
+        "dry_run": bool(raw["vm_dry_run"]),
+    }
+
+
 def _run_options(raw: dict[str, Any], replay: bool) -> tuple[RunOptions, bool]:
     """RunOptions from the raw values. Ports default to ephemeral ones only when the guest is told them: the
     reference guest provisioned through fw_cfg; a guest with baked provisioning uses the fixed defaults."""
-    if replay:  # nothing boots: no QEMU and no image to provision or check
+    given_artifacts = Path(str(raw["vm_artifacts"])).expanduser()
+    if replay:  # nothing boots: no QEMU and no image to provision or check, no artifacts written
         image, kernel, initrd, append, reference = Path("replay.img"), None, None, None, raw["vm_image"] is None
         qemu = QemuCommand(Path("qemu-system-x86_64"))
+        artifacts = given_artifacts.resolve()
     else:
         image, kernel, initrd, append, reference = _boot_files(raw)
         qemu = resolve_qemu(raw["qemu_system"])
+        artifacts = check_artifacts_dir("--vm-artifacts", given_artifacts)
     told = reference and raw["vm_provisioning"] == "fw_cfg"
-    return (
-        RunOptions(
-            qemu=qemu,
-            image=image,
-            kernel=kernel,
-            initrd=initrd,
-            append=append,
-            memory_mib=opts.parse_int("--vm-memory", raw["vm_memory"], minimum=16) or 512,
-            smp=opts.parse_int("--vm-smp", raw["vm_smp"], minimum=1, maximum=64) or 1,
-            machine=str(raw["vm_machine"]),
-            accel=raw["vm_accel"],
-            timeout_s=opts.parse_seconds("--vm-timeout", raw["vm_timeout"]),
-            snapshot=raw["vm_snapshot"] != "off",
-            extra_args=tuple(raw["qemu_extra_args"]),
-            http_port=opts.parse_port("--vm-http-port", raw["vm_http_port"], 0 if told else DEFAULT_HTTP_PORT),
-            udp_port=opts.parse_port("--vm-udp-port", raw["vm_udp_port"], 0 if told else DEFAULT_UDP_PORT),
-            http_path=opts.parse_http_path(str(raw["vm_http_path"])),
-            artifacts_dir=Path(str(raw["vm_artifacts"])).expanduser().resolve(),
-            follow_serial=bool(raw["vm_follow_serial"]),
-            dry_run=bool(raw["vm_dry_run"]),
-        ),
-        reference,
+    run = RunOptions(
+        qemu=qemu,
+        image=image,
+        kernel=kernel,
+        initrd=initrd,
+        append=append,
+        artifacts_dir=artifacts,
+        **_plain_values(raw, told),
     )
+    return run, reference
 
 
-def settings_from_config(config: pytest.Config) -> Settings:
-    """Validate every option (clear errors naming the option and the fix) and resolve the defaults."""
+def _raw_checked(config: pytest.Config) -> dict[str, Any]:
     raw = opts.collect(config)
     for opt in opts.OPTIONS:
         if opt.choices and raw[opt.ini] is not None:
             opts.parse_choice(opt.flag, str(raw[opt.ini]), opt.choices)
+    return raw
+
+
+def check_user_inputs(config: pytest.Config) -> None:
+    """Validate what the user gave without provisioning anything (the reference guest and QEMU are not
+    resolved): for pytest-xdist's controller, which collects no tests, so a bad option fails the run once, at
+    start, instead of in every worker (where xdist reports only that no worker is left)."""
+    raw = _raw_checked(config)
+    if raw["vm_replay"]:
+        return  # nothing boots
+    image = opts.readable_file("--vm-image", raw["vm_image"])
+    kernel = opts.readable_file("--vm-kernel", raw["vm_kernel"])
+    opts.readable_file("--vm-initrd", raw["vm_initrd"])
+    if image is not None:
+        check_image("--vm-image", image, direct_kernel=kernel is not None)
+    check_artifacts_dir("--vm-artifacts", Path(str(raw["vm_artifacts"])).expanduser())
+    _plain_values(raw, told=False)
+    opts.parse_seconds("--vm-silence-timeout", raw["vm_silence_timeout"])
+    opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1)
+    Vectors(**opts.vectors_from(raw))
+    if raw["qemu_system"]:
+        from .qemu.caps import probe_cached
+
+        probe_cached(resolve_qemu(raw["qemu_system"]))
+
+
+def settings_from_config(config: pytest.Config) -> Settings:
+    """Validate every option (clear errors naming the option and the fix) and resolve the defaults."""
+    raw = _raw_checked(config)
     replay = Path(str(raw["vm_replay"])).expanduser().resolve() if raw["vm_replay"] else None
     if raw["vm_provisioning"] == "baked" and raw["vm_guest_args"]:
         raise AeroConfigError(

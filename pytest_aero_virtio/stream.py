@@ -17,14 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import (
+    INTERRUPTED,
     MISSING_MARKER,
     TIMEOUT,
     AeroError,
     AeroFailure,
+    RunInterrupted,
     failed_token,
     missing_token,
     skipped_token,
 )
+from .guest_end import EndNotes
 from .markers import FINAL_STATUSES, GUEST_PREFIX, VERDICTS, HostMarker, Marker, StreamItem, parse_line
 
 __all__ = ["MarkerStream", "Subscriber", "Wait"]
@@ -43,6 +46,8 @@ class Wait:
 
     what: str
     deadline: float
+    #: When the wait began (``time.monotonic()``).
+    started: float = 0.0
 
 
 class MarkerStream:
@@ -74,6 +79,8 @@ class MarkerStream:
         self.subscriber_errors: list[BaseException] = []
         self.lines_seen = 0
         self._waits: dict[int, Wait] = {}
+        self._notes = EndNotes()
+        self._aborts: dict[int, AeroError] = {}
 
     # --- feeding -------------------------------------------------------------------------------------------
 
@@ -84,6 +91,7 @@ class MarkerStream:
             with self._cond:
                 self._tail.append(line.rstrip("\r\n"))
                 self.lines_seen += 1
+                self._notes.feed(self.lines_seen, line)
                 if item is not None:
                     self._append(item)
             if item is not None:
@@ -166,6 +174,17 @@ class MarkerStream:
         with self._cond:
             return self._latest_kind("CONFIG")
 
+    def explaining(self) -> list[str]:
+        """The serial lines (with their numbers) that explain an end: a panic, an oops, a power-off."""
+        with self._cond:
+            return self._notes.lines()
+
+    @property
+    def end_kinds(self) -> list[str]:
+        """What the explaining lines say happened (``panic``, ``poweroff``...), in order of first sight."""
+        with self._cond:
+            return list(self._notes.kinds)
+
     def tail(self, n: int | None = None) -> list[str]:
         """The last serial lines (all lines, markers or not; host markers prefixed ``host:``)."""
         with self._cond:
@@ -210,13 +229,20 @@ class MarkerStream:
     # --- waits ---------------------------------------------------------------------------------------------
 
     def _failure(self, token: str, message: str, fix: str | None = None) -> AeroFailure:
-        return AeroFailure(token, message, fix, serial_tail=list(self._tail), artifacts=self.log_paths)
+        return AeroFailure(
+            token,
+            message,
+            fix,
+            serial_tail=list(self._tail),
+            artifacts=self.log_paths,
+            explaining=self._notes.lines(),
+        )
 
-    def _closed_failure(self) -> AeroError:
-        exc = self._closed
-        assert exc is not None
+    def _closed_failure(self, exc: AeroError) -> AeroError:
         if isinstance(exc, AeroFailure):
-            return exc.with_context(serial_tail=list(self._tail), artifacts=self.log_paths)
+            return exc.with_context(
+                serial_tail=list(self._tail), artifacts=self.log_paths, explaining=self._notes.lines()
+            )
         return exc
 
     def _wait(
@@ -229,25 +255,59 @@ class MarkerStream:
         deadline = time.monotonic() + timeout
         me = threading.get_ident()
         with self._cond:
-            self._waits[me] = Wait(what, deadline)  # for the live progress line
+            self._waits[me] = Wait(what, deadline, time.monotonic())  # for the live progress line
             try:
                 while (found := check()) is None:
-                    failure = early()
-                    if failure is not None:
-                        raise failure
-                    if self._closed is not None:
-                        raise self._closed_failure()
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise self._failure(
-                            TIMEOUT,
-                            f"no {what} within {timeout:g} s",
-                            fix="see the serial log; raise the timeout only if the guest is merely slow",
-                        )
-                    self._cond.wait(remaining)
+                    self._raise_if_over(me, early, deadline, timeout, what)
+                    self._cond.wait(deadline - time.monotonic())
                 return found
+            except RunInterrupted as exc:
+                # A SIGTERM to pytest (the signal handler raised it on this thread): report the test as
+                # interrupted, with what it waited for and the guest's last lines.
+                raise self._failure(
+                    INTERRUPTED, f"{exc.why} while the test waited for the {what}", fix=exc.fix
+                ) from None
             finally:
                 self._waits.pop(me, None)
+                self._aborts.pop(me, None)
+
+    def _raise_if_over(
+        self, me: int, early: Callable[[], AeroFailure | None], deadline: float, timeout: float, what: str
+    ) -> None:
+        """Raise why the wait of thread ``me`` ends now, if it does (caller holds the condition)."""
+        failure = early()
+        if failure is not None:
+            raise failure
+        aborted = self._aborts.pop(me, None)
+        if aborted is not None:
+            raise self._closed_failure(aborted)
+        if self._closed is not None:
+            raise self._closed_failure(self._closed)
+        if deadline - time.monotonic() <= 0:
+            raise self._failure(
+                TIMEOUT,
+                f"no {what} within {timeout:g} s",
+                fix="see the serial log; raise the timeout only if the guest is merely slow",
+            )
+
+    def abort_wait(self, thread_id: int, reason: Callable[[Wait], AeroError]) -> bool:
+        """End the wait of thread ``thread_id`` now with ``reason(wait)`` (pytest-timeout expired for its test).
+
+        Only that wait ends: the stream and the VM go on, so the VM's other tests still get their verdicts.
+        Returns False when that thread is not waiting on this stream.
+        """
+        with self._cond:
+            wait = self._waits.get(thread_id)
+            if wait is None:
+                return False
+            self._aborts[thread_id] = reason(wait)
+            self._cond.notify_all()
+            return True
+
+    def waiting(self, thread_id: int) -> Wait | None:
+        """What thread ``thread_id`` waits for on this stream, if it does. Lock-free (a dict read), so a signal
+        handler that interrupted this very thread may ask."""
+        return self._waits.get(thread_id)
 
     @property
     def waits(self) -> list[Wait]:

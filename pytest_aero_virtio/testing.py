@@ -210,6 +210,11 @@ class AeroVm:
                 fix="the guest must fetch the URL of its CONFIG line from the host (10.0.2.2); see http.log",
             )
 
+    def allow_quiet(self, seconds: float) -> None:
+        """This test's check legitimately prints nothing for a while: the silence timeout (and its warning)
+        ignore the next ``seconds``."""
+        self.handle.allow_quiet(seconds)
+
     def qmp(self, command: str, **arguments: Any) -> Any:
         """Run a QMP command on this VM (on its event loop) and return QEMU's answer."""
         return self.handle.qmp(command, arguments or None)

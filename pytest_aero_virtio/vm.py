@@ -18,8 +18,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
-import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -34,7 +33,7 @@ from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, StreamItem
 from .plan import PlannedVm, guest_args
-from .qemu.argv import ImageFormat, RuntimePaths, build_argv, detect_image_format, prepare_overlay
+from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, detect_image_format
 from .qemu.caps import Caps
 from .qemu.qmp import QmpChannel
 from .qemu.session import VmSession
@@ -63,7 +62,7 @@ def runtime_paths(
     serial: int | str,
     qmp: int | None,
     wav_path: Path | None,
-    overlay: Path | None,
+    overlay: Path | int | None,
     image_format: ImageFormat,
 ) -> RuntimePaths:
     """The launch-time facts of one VM, for a boot and for the dry run alike (one rule for each of them).
@@ -114,8 +113,11 @@ class VmHandle(VmBase):
         caps: Caps,
         accel: str,
         follow: Callable[[str], None] | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
+        #: Writes a line to the user's terminal (AeroRun.say), or None: where the silence warning goes.
+        self.say = say
         self.planned = planned
         self.config = planned.config
         self.caps = caps
@@ -140,9 +142,9 @@ class VmHandle(VmBase):
             log_path=self.artifacts.http,
         )
         self.wav_path = self.artifacts.file("audio.wav") if self.config.snd and self.config.audio == "wav" else None
-        # The snapshot overlay takes the guest's writes: private and temporary, not an artifact.
-        self._private = Path(tempfile.mkdtemp(prefix="aero-vm-"))
-        self.overlay = self._private / "overlay.qcow2"
+        # The snapshot overlay takes the guest's writes: a file without a name, QEMU's descriptor its only
+        # reference (see anonymous_overlay), so no way of dying leaves it behind.
+        self.overlay: int | None = None
         self.image_format: ImageFormat = "raw"
         self._pci: dict[str, tuple[int, int]] | None = None
         self._port_locks = PortLocks(
@@ -162,6 +164,7 @@ class VmHandle(VmBase):
             follow_serial=follow,
             silence_timeout=settings.silence_timeout_s,
             name=self.artifacts.name,
+            silence_warn=self._warn_silence if say is not None else None,
         )
         self.started_at = 0.0
         self.deadline = 0.0
@@ -195,7 +198,8 @@ class VmHandle(VmBase):
         if image is None:
             return
         if self.options.snapshot:
-            self.image_format = prepare_overlay(image, self.overlay)
+            self.overlay, self.image_format = anonymous_overlay(image)
+            self.session.extra_fds = [self.overlay]
             return
         with open(image, "rb") as fh:
             self.image_format = detect_image_format(fh.read(512))
@@ -218,9 +222,9 @@ class VmHandle(VmBase):
             if self.attach is not None:
                 self.attach.remove()
             raise
+        finally:
+            self._close_overlay()  # QEMU holds its own descriptor (or never will)
         LOG.info("%s: QMP up, QEMU pid %s, artifacts %s", self.planned.id, self.session.pid, self.artifacts.dir)
-        # QEMU holds the overlay open: unlink it now, so no death of ours (SIGKILL, os._exit) can leave it.
-        self._remove_private()
         with contextlib.suppress(AeroFailure):
             self._pci = self._query_pci()
 
@@ -235,7 +239,7 @@ class VmHandle(VmBase):
             return ending
         finally:
             self._port_locks.release()
-            self._remove_private()
+            self._close_overlay()
             self._write_timeline()
             if self.attach is not None:
                 self.attach.remove()
@@ -253,8 +257,11 @@ class VmHandle(VmBase):
                 self.session.loop.call(self.attach.close(), 5.0)
         return interrupted
 
-    def _remove_private(self) -> None:
-        shutil.rmtree(self._private, ignore_errors=True)
+    def _close_overlay(self) -> None:
+        fd, self.overlay = self.overlay, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _write_vm_json(self) -> None:
         """vm.json: which planned VM this directory belongs to and which tests it served (for replays)."""
@@ -316,6 +323,31 @@ class VmHandle(VmBase):
         if self.wav_path is not None and self.wav_path.exists():
             paths["audio"] = self.wav_path
         return paths
+
+    def _warn_silence(self, quiet_s: float) -> None:
+        """On the VM loop: a guest quiet for a long stretch gets a terminal line now, not only a failure at the
+        silence timeout. Said from a helper thread: taking a screenshot is a QMP call, which the loop's own
+        thread cannot wait for."""
+        name = f"{self.artifacts.name}-quiet"
+        threading.Thread(target=self._say_silent, args=(quiet_s,), name=name, daemon=True).start()
+
+    def _say_silent(self, quiet_s: float) -> None:
+        shot = self.screenshot("guest-silent")
+        where = f"; screenshot: {shot}" if shot else ""
+        limit = self.settings.silence_timeout_s
+        last = self.stream.tail(1)
+        since = f" more since: {last[0][:120]}" if last else ""
+        if self.say is not None:
+            self.say(
+                f"aero-virtio: WARNING: {self.planned.id} ({self.artifacts.dir}): the guest has printed nothing"
+                f"{since} for {quiet_s:.0f} s (it fails with NO_SERIAL_OUTPUT at {limit:g} s){where}"
+            )
+
+    def allow_quiet(self, seconds: float) -> None:
+        """A check that legitimately prints nothing for a while: the silence timeout ignores the next
+        ``seconds`` (from now)."""
+        if self.session.silence is not None:
+            self.session.silence.allow_quiet(seconds)
 
     def udp_datagrams(self) -> int:
         return sum(1 for d in self.services.datagrams if d.echoed)

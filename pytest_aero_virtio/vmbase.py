@@ -71,6 +71,10 @@ class VmBase:
         """How this VM ended, for the run summary."""
         raise NotImplementedError
 
+    def allow_quiet(self, seconds: float) -> None:
+        """A check that legitimately prints nothing for a while (live VMs: the silence timeout ignores the next
+        ``seconds``; a recording has no silence to watch)."""
+
     # -- waits ----------------------------------------------------------------------------------------------
     def remaining(self) -> float:
         return max(0.1, self.deadline - time.monotonic())

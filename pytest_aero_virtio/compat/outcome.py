@@ -17,6 +17,7 @@ from .. import requirements
 from ..checks import CATALOG
 from ..errors import (
     CONFIG_ERROR,
+    IMAGE_INVALID,
     IMAGE_UNREADABLE,
     PORT_IN_USE,
     QEMU_NOT_FOUND,
@@ -40,7 +41,7 @@ INTERRUPTED_CODE = 130
 
 _FAIL_LINE = re.compile(r"^FAIL: ([A-Z][A-Z0-9_]*): (.*)$", re.MULTILINE)
 #: Tokens of a run that could not start: exit code 2, like the old harness's configuration errors.
-_CONFIG_TOKENS = frozenset({CONFIG_ERROR, QEMU_NOT_FOUND, IMAGE_UNREADABLE, PORT_IN_USE})
+_CONFIG_TOKENS = frozenset({CONFIG_ERROR, QEMU_NOT_FOUND, IMAGE_UNREADABLE, IMAGE_INVALID, PORT_IN_USE})
 #: Failures that happen before the guest prints anything, and the CONFIG line that comes first.
 _BEFORE_GUEST = _CONFIG_TOKENS | {QEMU_PCI_PREFLIGHT_FAILED, VM_BOOT_FAILED}
 _GUEST_POSITION = {name: i for i, name in enumerate(CATALOG)}

@@ -23,8 +23,10 @@ snapshot, ``disk0`` is the format node directly over the image file.
 
 from __future__ import annotations
 
+import os
 import shlex
 import struct
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,7 @@ __all__ = [
     "ImageFormat",
     "RuntimePaths",
     "UnixSocket",
+    "anonymous_overlay",
     "build_argv",
     "detect_image_format",
     "format_argv",
@@ -75,6 +78,8 @@ FW_CFG_ARGS_NAME = "opt/aero/args"
 ImageFormat = Literal["raw", "qcow2"]
 
 QCOW2_MAGIC = b"QFI\xfb"
+#: The ``-add-fd`` set that holds the snapshot overlay's descriptor (``/dev/fdset/1``).
+OVERLAY_FDSET = 1
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,9 @@ class RuntimePaths:
     * ``guest_args`` - the guest's args string, passed as fw_cfg ``opt/aero/args`` (omitted when empty).
     * ``accel`` - ``"kvm"`` or ``"tcg"``, already resolved from ``opts.accel``.
     * ``image_format`` - the base image's format, from :func:`detect_image_format` on its first bytes.
-    * ``overlay`` - the qcow2 overlay file made by :func:`prepare_overlay`; required when ``opts.snapshot``.
+    * ``overlay`` - the qcow2 overlay file made by :func:`prepare_overlay`, or an inherited descriptor of one
+      that has no name (:func:`anonymous_overlay`): QEMU gets it as ``-add-fd`` and opens ``/dev/fdset/N``, so
+      no death of anyone's can leave the file behind. Required when ``opts.snapshot``.
     * ``attach_qmp`` - a second QMP monitor on a unix socket, for a person attaching to a kept VM.
     * ``vnc`` - a ``-vnc`` value (``127.0.0.1:0,to=99``: the first free display), for the same person.
     """
@@ -116,7 +123,7 @@ class RuntimePaths:
     guest_args: str = ""
     accel: str = "tcg"
     image_format: ImageFormat = "raw"
-    overlay: Path | None = None
+    overlay: Path | int | None = None
     attach_qmp: UnixSocket | None = None
     vnc: str | None = None
 
@@ -200,21 +207,56 @@ def qcow2_overlay_bytes(virtual_size: int) -> bytes:
     return bytes(out)
 
 
-def prepare_overlay(image: Path, overlay: Path) -> ImageFormat:
-    """Write an empty qcow2 overlay for ``image`` at ``overlay``; return the image's format.
-
-    Thin I/O around the pure helpers, for the machine layer (and dry-run, which may skip it).
-    """
+def _image_head(image: Path) -> tuple[bytes, int]:
     try:
         with image.open("rb") as fh:
             head = fh.read(512)
-        size = image.stat().st_size
+        return head, image.stat().st_size
     except OSError as exc:
         raise AeroConfigError(
             f"cannot read the VM image {image}: {exc.strerror or exc}",
             fix="give a readable disk image with --vm-image, or build the reference one: aero-virtio-refenv build",
             token=IMAGE_UNREADABLE,
         ) from exc
+
+
+def anonymous_overlay(image: Path, directory: str | None = None) -> tuple[int, ImageFormat]:
+    """An empty qcow2 overlay for ``image`` in a file without a name; (its read-write descriptor, the image's
+    format). The caller hands the descriptor to QEMU (``RuntimePaths.overlay``) and closes its own copy.
+
+    ``O_TMPFILE`` makes the file nameless from the start: there is no instant at which a SIGKILL could leave it
+    in the temp directory, and it disappears with the last descriptor (QEMU's). Where the file system has no
+    ``O_TMPFILE``, a named file is unlinked right after creation (a window of microseconds).
+    """
+    head, size = _image_head(image)
+    data = qcow2_overlay_bytes(image_virtual_size(head, size))
+    where = directory or tempfile.gettempdir()
+    try:
+        fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (AttributeError, OSError):
+        fd, name = tempfile.mkstemp(prefix="aero-overlay-", dir=where)
+        os.unlink(name)
+    try:
+        _write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, detect_image_format(head)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def prepare_overlay(image: Path, overlay: Path) -> ImageFormat:
+    """Write an empty qcow2 overlay for ``image`` at ``overlay``; return the image's format.
+
+    Thin I/O around the pure helpers, for the machine layer (and dry-run, which may skip it).
+    """
+    head, size = _image_head(image)
     fmt = detect_image_format(head)
     overlay.write_bytes(qcow2_overlay_bytes(image_virtual_size(head, size)))
     return fmt
@@ -274,13 +316,18 @@ def _disk_args(opts: RunOptions, rt: RuntimePaths, image: Path) -> list[str]:
     if opts.snapshot:
         if rt.overlay is None:
             raise ValueError("opts.snapshot needs rt.overlay (make one with prepare_overlay())")
+        fdset: list[str] = []
+        overlay: Path | str = rt.overlay if isinstance(rt.overlay, Path) else f"/dev/fdset/{OVERLAY_FDSET}"
+        if isinstance(rt.overlay, int):
+            fdset = ["-add-fd", f"fd={rt.overlay},set={OVERLAY_FDSET},opaque=aero-overlay"]
         return [
+            *fdset,
             "-blockdev",
             _opts(("driver", "file"), ("node-name", "base-file"), ("filename", image), ("read-only", True)),
             "-blockdev",
             _opts(("driver", rt.image_format), ("node-name", "base"), ("file", "base-file"), ("read-only", True)),
             "-blockdev",
-            _opts(("driver", "file"), ("node-name", f"{node}-file"), ("filename", rt.overlay)),
+            _opts(("driver", "file"), ("node-name", f"{node}-file"), ("filename", overlay)),
             "-blockdev",
             _opts(("driver", "qcow2"), ("node-name", node), ("file", f"{node}-file"), ("backing", "base")),
         ]

@@ -6,19 +6,31 @@ Kept apart from :mod:`.session` (the I/O) so the rules can be read and unit-test
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import QEMU_EXITED, AeroFailure
+from ..errors import QEMU_EXITED, TIMEOUT, AeroFailure
 from .process import describe_status
 
 if TYPE_CHECKING:
     from ..markers import StreamItem
 
-__all__ = ["TRANSITIONS", "Ending", "Reactions", "Runstate", "StateError", "StopTimeouts", "exit_failure"]
+__all__ = [
+    "BENIGN_STDERR",
+    "TRANSITIONS",
+    "Ending",
+    "Reactions",
+    "Runstate",
+    "StateError",
+    "StopTimeouts",
+    "exit_failure",
+    "handshake_failure",
+    "stderr_that_matters",
+]
 
 
 class Runstate(Enum):
@@ -78,6 +90,24 @@ class StopTimeouts:
         return self.quit + self.term + self.kill
 
 
+#: QEMU stderr lines that never explain an end: warnings, an audio backend without capture, input events the
+#: guest's device cannot map. Left out of failure messages (they stay in qemu-stderr.log).
+BENIGN_STDERR: tuple[re.Pattern[str], ...] = (
+    re.compile(r"(^|: )warning: ", re.IGNORECASE),
+    re.compile(r"^audio: "),
+    re.compile(r"unmapped button"),
+)
+
+
+def stderr_that_matters(lines: Sequence[str]) -> list[str]:
+    """QEMU's stderr lines without the benign ones (each distinct line once, in order)."""
+    out: list[str] = []
+    for line in lines:
+        if not any(p.search(line) for p in BENIGN_STDERR) and line not in out:
+            out.append(line)
+    return out
+
+
 def exit_failure(
     returncode: int | None,
     *,
@@ -86,23 +116,25 @@ def exit_failure(
     stopped_how: str | None,
     stderr_tail: Sequence[str],
     artifacts: Mapping[str, Path] | None = None,
+    guest_end: str | None = None,
 ) -> AeroFailure:
     """The error that closes the marker stream when QEMU is gone; every pending wait raises it.
 
     The token is always ``QEMU_EXITED`` (what CI greps for), but the message tells apart the cases a reader
-    must not confuse: QEMU refused to start (its stderr says why), QEMU died under a running guest, the
-    guest powered off after its RESULT line (normal - only waits for markers that never came fail), and the
-    harness stopped the VM itself.
+    must not confuse: QEMU refused to start (its stderr says why), the guest panicked or powered off before
+    its RESULT line (``guest_end``, from :func:`..guest_end.describe_guest_end`), QEMU died under a running
+    guest, the guest powered off after its RESULT line (normal - only waits for markers that never came
+    fail), and the harness stopped the VM itself. QEMU's benign warnings are left out.
     """
     status = describe_status(returncode)
-    tail = [f"qemu: {line}" for line in stderr_tail]
+    tail = [f"qemu: {line}" for line in stderr_that_matters(stderr_tail)]
     if stopped_how is not None:
         message = f"the harness stopped QEMU ({stopped_how}, {status}); the awaited marker never came"
         fix = None
     elif during_start:
         message = f"QEMU exited during start-up ({status})"
         fix = (
-            "read QEMU's error below (an unknown device/property, a missing file, a busy port); "
+            "QEMU's own error is quoted above (an unknown device or property, a missing file, a busy port); "
             "the full command line is in qemu-argv.txt"
         )
     elif result_seen:
@@ -111,9 +143,15 @@ def exit_failure(
             "the awaited marker never came"
         )
         fix = "the guest finished without printing it: check that the guest runs this check (serial.log)"
+    elif guest_end is not None:
+        message = f"{guest_end} before its RESULT line; QEMU exited ({status})"
+        fix = (
+            "the serial lines that explain the end are quoted below (serial.log has them all); a guest must "
+            "print RESULT before it powers off"
+        )
     else:
         message = f"QEMU exited unexpectedly ({status}) before the guest's RESULT line"
-        fix = "see QEMU's stderr below and qemu-stderr.log; a guest poweroff or panic before RESULT ends here"
+        fix = "QEMU's stderr, if it said anything, is quoted above (all of it: qemu-stderr.log)"
     if tail:
         message += "\n" + "\n".join(tail)
     return AeroFailure(QEMU_EXITED, message, fix, artifacts=artifacts)
@@ -130,3 +168,19 @@ class Reactions(Protocol):
     def on_marker(self, item: StreamItem) -> None: ...
 
     async def cancel(self) -> None: ...
+
+
+def handshake_failure(error: BaseException | None, start_timeout: float, artifacts: Mapping[str, Path]) -> AeroFailure:
+    """QEMU runs but its QMP handshake failed (``error``) or did not finish within ``start_timeout``."""
+    what = (
+        f"the QMP handshake failed: {error!r}"
+        if error is not None
+        else f"QEMU did not complete the QMP handshake within {start_timeout:g} s"
+    )
+    return AeroFailure(
+        TIMEOUT,
+        what,
+        "QEMU may be overloaded or the argv lacks `-mon chardev=...,mode=control` on the QMP fd; "
+        "see qemu-argv.txt and qemu-stderr.log",
+        artifacts=artifacts,
+    )

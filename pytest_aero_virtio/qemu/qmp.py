@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Mapping
@@ -70,6 +71,32 @@ class _LoggingListener(EventListener):
         self._keep.append(dict(event))
 
 
+class _ToQmpLog(logging.Handler):
+    """Puts the QMP library's own log records of one VM into its qmp.log.
+
+    ``qemu.qmp`` logs a failed handshake (QEMU exiting at start-up closes the socket: EOF) at ERROR, and a
+    disconnect that raises in that state as CRITICAL "Unexpected bottom half exception ... This is a bug in
+    the QMP library". Both are the expected end of a QEMU that refused to start, whose own error the failure
+    already quotes; in a test's captured log they only bury it. So each client gets a private logger (not in
+    the logging tree: nothing propagates to pytest's capture or the root logger) whose records go here.
+    """
+
+    def __init__(self, log: QmpLog) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self._log.write("<-- library", {"level": record.levelname, "message": record.getMessage()})
+
+
+def _private_logger(name: str, log: QmpLog) -> logging.Logger:
+    logger = logging.Logger(f"qemu.qmp.{name}", logging.INFO)  # not registered: no parent, no propagation
+    logger.propagate = False
+    logger.addHandler(_ToQmpLog(log))
+    return logger
+
+
 class QmpChannel:
     """One VM's QMP connection.
 
@@ -92,6 +119,7 @@ class QmpChannel:
         # The client and events are made on the VM loop the first time they are needed there.
         if self._client is None:
             self._client = QMPClient(self.name)
+            self._client.logger = _private_logger(self.name, self.log)
             self._client.register_listener(_LoggingListener(self.log, self.events))
             self._ready = asyncio.Event()
             self._gone_event = asyncio.Event()

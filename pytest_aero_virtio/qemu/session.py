@@ -32,13 +32,23 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 from ..artifacts import ArtifactDir
-from ..errors import NO_SERIAL_OUTPUT, QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
-from .lifecycle import TRANSITIONS, Ending, Reactions, Runstate, StateError, StopTimeouts, exit_failure
+from ..errors import QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
+from ..guest_end import describe_guest_end
+from .lifecycle import (
+    TRANSITIONS,
+    Ending,
+    Reactions,
+    Runstate,
+    StateError,
+    StopTimeouts,
+    exit_failure,
+    handshake_failure,
+)
 from .loop import LoopThread
 from .process import QemuProcess, describe_status, read_tail
 from .qmp import QmpChannel
 from .serial import SerialReader
-from .watchdog import SilenceWatch
+from .watchdog import SilenceWatch, silence_failure, warn_after
 
 if TYPE_CHECKING:
     from ..host.services import HostServices
@@ -65,8 +75,10 @@ class VmSession:
 
     ``argv_factory(serial_fd, qmp_fd)`` returns QEMU's argv using the two inherited descriptors.
     ``qmp`` is the channel the reactions were built with (one is made when not given). ``env`` entries are
-    added to the harness's environment. ``silence_timeout``: if the console stays completely silent that long
-    after QEMU starts, the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until :meth:`stop`).
+    added to the harness's environment. ``silence_timeout``: if the console stays silent that long (any quiet
+    stretch before RESULT), the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until
+    :meth:`stop`); ``silence_warn(quiet_s)`` is called on the VM loop (it must not block) once per quiet stretch
+    after :func:`.watchdog.warn_after` seconds (60, or half the timeout if shorter).
     """
 
     def __init__(
@@ -84,6 +96,7 @@ class VmSession:
         silence_timeout: float | None = None,
         stop_timeouts: StopTimeouts = DEFAULT_STOP,
         name: str | None = None,
+        silence_warn: Callable[[float], None] | None = None,
     ) -> None:
         self.artifacts = artifacts
         self.stream = stream
@@ -100,6 +113,7 @@ class VmSession:
         self._follow = follow_serial
         self._start_timeout = start_timeout
         self._silence_timeout = silence_timeout
+        self._silence_warn = silence_warn
         self._stop_timeouts = stop_timeouts
         self._state = Runstate.IDLE
         self._state_lock = threading.Lock()
@@ -112,6 +126,9 @@ class VmSession:
         self._serial: SerialReader | None = None
         self._watchers: list[asyncio.Task[Any]] = []
         self.silence: SilenceWatch | None = None
+        #: More descriptors QEMU inherits at the same numbers (an ``-add-fd`` snapshot overlay); the caller
+        #: sets them before :meth:`start` and may close its copies once it returns.
+        self.extra_fds: list[int] = []
 
     def __repr__(self) -> str:
         return f"<VmSession {self.name!r} {self._state.value} pid={self.pid} {describe_status(self.returncode)}>"
@@ -183,6 +200,7 @@ class VmSession:
             stopped_how=stopped_how,
             stderr_tail=self.stderr_tail(),
             artifacts=artifacts,
+            guest_end=describe_guest_end(self.stream.end_kinds, self.qmp_channel.events),
         )
 
     # ---- sync API ---------------------------------------------------------------------------------------
@@ -312,7 +330,7 @@ class VmSession:
             env = {**os.environ, **self._env} if self._env is not None else None
             self._t0 = time.monotonic()
             assert self._stderr_log is not None
-            fds = (serial_theirs.fileno(), qmp_theirs.fileno())
+            fds = (serial_theirs.fileno(), qmp_theirs.fileno(), *self.extra_fds)
             self.process.spawn(self.argv, stdout=self._stderr_log, pass_fds=fds, env=env)
         finally:
             # QEMU holds its own copies now; ours must go, or EOF would never be seen when QEMU exits.
@@ -322,7 +340,15 @@ class VmSession:
         self._serial = SerialReader(serial_log, self._on_serial_line)
         self._serial.start(serial_ours, self.name)
         if self._silence_timeout is not None:
-            self.silence = SilenceWatch(self._silence_timeout, self._last_output, self._on_silence)
+            warn = warn_after(self._silence_timeout) if self._silence_warn else None
+            self.silence = SilenceWatch(
+                self._silence_timeout,
+                self._last_output,
+                self._on_silence,
+                warn_after=warn,
+                on_warn=self._silence_warn,
+                active=self._guest_may_speak,
+            )
             self._watchers.append(loop.create_task(self.silence.run()))
         return qmp_ours
 
@@ -345,18 +371,8 @@ class VmSession:
         # errors print and exit right after start), so the error carries its stderr.
         if await self.process.wait_async(2.0):
             raise self._exit_failure()
-        what = (
-            f"the QMP handshake failed: {connect.exception()!r}"
-            if connect in done
-            else f"QEMU did not complete the QMP handshake within {self._start_timeout:g} s"
-        )
-        raise AeroFailure(
-            TIMEOUT,
-            what,
-            "QEMU may be overloaded or the argv lacks `-mon chardev=...,mode=control` on the QMP fd; "
-            "see qemu-argv.txt and qemu-stderr.log",
-            artifacts=self.artifacts.paths(existing_only=True),
-        )
+        error = connect.exception() if connect in done else None
+        raise handshake_failure(error, self._start_timeout, self.artifacts.paths(existing_only=True))
 
     # ---- while it runs (on the loop) --------------------------------------------------------------------
 
@@ -388,20 +404,13 @@ class VmSession:
         if self._state is Runstate.EXITED:  # a stop in between closes the stream with its own reason
             self.stream.close(self._exit_failure())
 
+    def _guest_may_speak(self) -> bool:
+        """Silence counts only while the guest runs and has not printed RESULT (then it has nothing to say)."""
+        return self._state is Runstate.RUNNING and self.stream.result is None
+
     def _on_silence(self, quiet_s: float) -> None:
-        if self._state is not Runstate.RUNNING or self.stream.result is not None:
-            return  # after RESULT the guest has nothing more to say
-        said = "nothing" if self._serial is None or not self._serial.bytes_seen else "nothing more"
-        self.stream.close(
-            AeroFailure(
-                NO_SERIAL_OUTPUT,
-                f"the guest printed {said} on the first serial port for {quiet_s:.3g} s (--vm-silence-timeout)",
-                "is the image bootable (try `aero-virtio-refenv bare --run`, see qemu-stderr.log)? is the "
-                "selftest installed and started at boot? does it write to COM1, the first serial port? a guest "
-                "that hung shows why on its screen: see the screenshot",
-                artifacts=self.artifacts.paths(existing_only=True),
-            )
-        )
+        printed = self._serial is not None and self._serial.bytes_seen > 0
+        self.stream.close(silence_failure(quiet_s, printed, self.artifacts.paths(existing_only=True)))
 
     # ---- stop -------------------------------------------------------------------------------------------
 

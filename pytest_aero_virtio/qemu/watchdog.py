@@ -10,14 +10,41 @@ says so with :meth:`SilenceWatch.allow_quiet`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
-__all__ = ["SilenceWatch"]
+from ..errors import NO_SERIAL_OUTPUT, AeroFailure
+
+__all__ = ["SILENCE_WARN_S", "SilenceWatch", "silence_failure", "warn_after"]
+
+LOG = logging.getLogger(__name__)
+#: A guest quiet this long (or half the silence timeout, if shorter) gets a warning line while the run goes on.
+SILENCE_WARN_S = 60.0
+
+
+def warn_after(timeout: float) -> float:
+    """When a quiet stretch earns a warning: 60 s, or half the silence timeout if that is shorter."""
+    return min(SILENCE_WARN_S, timeout / 2)
+
+
+def silence_failure(quiet_s: float, printed_before: bool, artifacts: Mapping[str, Path]) -> AeroFailure:
+    """The ``NO_SERIAL_OUTPUT`` verdict: before the first byte, or a quiet stretch after some output."""
+    said = "nothing more" if printed_before else "nothing"
+    return AeroFailure(
+        NO_SERIAL_OUTPUT,
+        f"the guest printed {said} on the first serial port for {quiet_s:.3g} s (--vm-silence-timeout)",
+        "is the image bootable (try `aero-virtio-refenv bare --run`, see qemu-stderr.log)? is the "
+        "selftest installed and started at boot? does it write to COM1, the first serial port? a guest "
+        "that hung shows why on its screen: see the screenshot",
+        artifacts=artifacts,
+    )
 
 
 class SilenceWatch:
-    """Polls the time of the last output once a second on the VM loop (cheap, and exact enough)."""
+    """Polls the time of the last output once a second on the VM loop (cheap, and exact enough). Nothing fires
+    while ``active()`` is false."""
 
     def __init__(
         self,
@@ -28,12 +55,14 @@ class SilenceWatch:
         warn_after: float | None = None,
         on_warn: Callable[[float], None] | None = None,
         poll_s: float = 1.0,
+        active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.timeout = timeout
         self.warn_after = warn_after
         self._last_output = last_output
         self._on_timeout = on_timeout
         self._on_warn = on_warn
+        self._active = active
         self._poll_s = min(poll_s, timeout / 4)
         self._quiet_ok_until = 0.0
         self._warned_for: float | None = None
@@ -52,6 +81,8 @@ class SilenceWatch:
         while True:
             await asyncio.sleep(self._poll_s)
             quiet = self.quiet_for()
+            if not self._active():  # e.g. after the guest's RESULT: it has nothing more to say
+                continue
             if quiet >= self.timeout:
                 self._on_timeout(quiet)
                 return
@@ -59,4 +90,7 @@ class SilenceWatch:
                 stretch = self._last_output()
                 if self._warned_for != stretch:
                     self._warned_for = stretch
-                    self._on_warn(quiet)
+                    try:
+                        self._on_warn(quiet)
+                    except Exception:  # a warning must never stop the watch
+                        LOG.exception("silence warning failed")

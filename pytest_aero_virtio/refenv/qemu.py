@@ -13,6 +13,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from pytest_aero_virtio.qemu.process import run_probe
 from pytest_aero_virtio.refenv import debs
 from pytest_aero_virtio.refenv.cache import cache_root, ensure_entry, progress, source_digest, stable_key
 
@@ -119,11 +120,15 @@ def _build(tmp: Path, final: Path, apt: debs.Apt, infos: list[debs.DebInfo]) -> 
     # Prove it runs before publishing the entry (through the tmp path: the final one does not exist yet).
     (bindir / ".probe").write_text(render_launcher(root))
     (bindir / ".probe").chmod(0o755)
-    out = subprocess.run([str(bindir / ".probe"), "--version"], capture_output=True, text=True, check=False)
+    try:  # a probe like every other: own process group, parent-death signal, the group killed on timeout
+        out = run_probe([str(bindir / ".probe"), "--version"], 60.0)
+        stdout, stderr = out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        stdout, stderr = "", str(exc)
     (bindir / ".probe").unlink()
-    if EXPECTED_VERSION not in out.stdout:
+    if EXPECTED_VERSION not in stdout:
         raise QemuProvisionError(
-            f"the unpacked QEMU does not run: {out.stdout.strip()} {out.stderr.strip()[-1000:]}; fix: delete "
+            f"the unpacked QEMU does not run: {stdout.strip()} {stderr.strip()[-1000:]}; fix: delete "
             f"{tmp.parent} entries qemu-* and retry"
         )
 

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..plan import PlannedVm
 from ..pool import VmPool
 from ..run import AeroRun
 from ..vm import WORKER
 
-__all__ = ["header_lines", "summary_lines", "terminal_writer"]
+__all__ = ["header_lines", "snapshot_off_lines", "summary_lines", "terminal_writer"]
 
 
 def terminal_writer(fd: int) -> Callable[[str], None]:
@@ -82,6 +83,14 @@ def _replay_header(run: AeroRun, verbose: bool) -> list[str]:
             lines += _vm_lines(vm, verbose)
             lines.append(f"    recording:   {found.label if found is not None else 'none: its tests skip'}")
     return lines
+
+
+def snapshot_off_lines(raw: Mapping[str, Any]) -> list[str]:
+    """The one warning of ``--vm-snapshot=off`` from the raw option values (where no plan header is printed)."""
+    if raw.get("vm_snapshot") != "off":
+        return []
+    image = raw.get("vm_image") or "the reference guest's image"
+    return [f"aero-virtio: --vm-snapshot=off: the guests write {image} (no overlay takes their writes)"]
 
 
 def summary_lines(pool: VmPool) -> list[str]:

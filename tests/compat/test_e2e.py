@@ -99,12 +99,21 @@ def test_a_requirement_the_guest_cannot_meet_fails_with_the_old_token(tmp_path: 
 
 
 def test_a_silent_guest_fails_as_a_timeout(tmp_path: Path, marker: str) -> None:
-    blank = tmp_path / "blank.img"  # SeaBIOS finds nothing to boot and the serial port stays silent
-    blank.write_bytes(b"\0" * (1 << 20))
+    blank = tmp_path / "blank.img"  # a boot sector that only loops (jmp $): it boots, the serial port stays silent
+    data = b"\xeb\xfe" + b"\0" * 508 + b"\x55\xaa" + b"\0" * ((1 << 20) - 512)
+    blank.write_bytes(data)
     proc = run(tmp_path, marker, "--disk-image", str(blank), "--timeout-seconds", "4", *free_ports())
     assert proc.returncode == 2
     assert last_line(proc.stderr).startswith("FAIL: NO_SERIAL_OUTPUT: ")
-    assert blank.read_bytes() == b"\0" * (1 << 20)
+    assert blank.read_bytes() == data
+
+
+def test_a_file_that_is_no_disk_is_a_configuration_error(tmp_path: Path, marker: str) -> None:
+    blank = tmp_path / "blank.img"  # no boot signature: found at start, not after the timeout
+    blank.write_bytes(b"\0" * (1 << 20))
+    proc = run(tmp_path, marker, "--disk-image", str(blank), "--timeout-seconds", "60", *free_ports())
+    assert proc.returncode == 2
+    assert last_line(proc.stderr).startswith("FAIL: IMAGE_INVALID: ")
 
 
 def test_qemu_that_exits_early_is_exit_code_3(tmp_path: Path, marker: str) -> None:

@@ -65,7 +65,7 @@ def test_the_wheel_carries_the_suites_and_the_command_runs_them(tmp_path: Path) 
     # wheel cannot build the reference guest (its sources are the checkout's refguest/), which the accel=auto
     # KVM probe would boot; PYTEST_ADDOPTS reaches the inner pytest run.
     env = {**os.environ, "PYTHONPATH": str(target), "PYTEST_ADDOPTS": "--vm-accel=tcg"}
-    (tmp_path / "guest.img").write_bytes(b"\0" * 512)
+    (tmp_path / "guest.img").write_bytes(b"\0" * 510 + b"\x55\xaa")  # a boot sector: the image check passes
     run = subprocess.run([sys.executable, "-m", "pytest_aero_virtio.compat", "--dry-run", "--disk-image",
                           str(tmp_path / "guest.img"), "--serial-log", str(tmp_path / "serial.log")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -118,3 +118,13 @@ def test_the_scan_reads_each_kind_of_spelling() -> None:
         'NOT_ONE = "other"\n'
     )
     assert _tokens_in(tree) == {"A_B", "C_D", "E_F", "G_<TOPIC>"}
+
+
+def test_the_guides_token_list_names_every_token() -> None:
+    """docs/guide.md's "Failure tokens" list is the user's index: every token the plugin can emit is in it."""
+    guide = (DOCS / "guide.md").read_text(encoding="utf-8")
+    section = guide.split("## Failure tokens", 1)[1]
+    listed = set(re.findall(r"`([^`]+)`", section))
+    families = FAMILIES | {"MISSING_HOST_<TOPIC>", "<TOPIC>_<STATUS>", "<TEST>_BAD_FIELD"}
+    missing = sorted((ALL_FIXED_TOKENS | set(_spelled_tokens()) | families) - listed)
+    assert not missing, f"docs/guide.md's failure token list lacks {missing}"

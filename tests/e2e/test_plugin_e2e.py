@@ -18,6 +18,9 @@ from aero_e2e_procs import qemu_pids_with, wait_gone
 
 pytestmark = pytest.mark.slow
 
+#: A boot sector that loops forever (``jmp $``) with the boot signature: a disk that boots and prints nothing.
+HANGING_BOOT_SECTOR = b"\xeb\xfe" + b"\0" * 508 + b"\x55\xaa"
+
 RESULT_TEST = """
 import pytest
 
@@ -87,7 +90,7 @@ def test_guest_that_prints_nothing_fails_with_a_reason(
     pytester: pytest.Pytester, artifacts: Path, tmp_path: Path
 ) -> None:
     blank = tmp_path / "blank, disk.img"  # a comma in the path: escaped as ',,' for QEMU
-    blank.write_bytes(b"\0" * (1 << 20))
+    blank.write_bytes(HANGING_BOOT_SECTOR + b"\0" * ((1 << 20) - 512))
     res = run(
         pytester,
         RESULT_TEST,
@@ -98,7 +101,7 @@ def test_guest_that_prints_nothing_fails_with_a_reason(
     )
     res.assert_outcomes(failed=1)
     res.stdout.fnmatch_lines(["*FAIL: NO_SERIAL_OUTPUT*"])
-    assert blank.read_bytes() == b"\0" * (1 << 20), "the base image must never be written"
+    assert blank.read_bytes() == HANGING_BOOT_SECTOR + b"\0" * ((1 << 20) - 512), "the base image was written"
 
 
 def test_qemu_that_dies_at_start_names_its_error(pytester: pytest.Pytester, artifacts: Path) -> None:
@@ -229,20 +232,23 @@ def test_no_qemu_survives_an_interrupted_run(pytester: pytest.Pytester, artifact
 
 
 def test_pytest_timeout_tears_the_vm_down(pytester: pytest.Pytester, artifacts: Path, tmp_path: Path) -> None:
-    """A VM that never answers (no bootable disk: SeaBIOS loops) is torn down when pytest-timeout fires."""
+    """A VM that never answers (its boot sector only loops) is torn down when pytest-timeout fires, and the
+    failure names what the test waited for (the plugin takes over pytest-timeout's timer for VM tests)."""
     blank = tmp_path / "blank.img"
-    blank.write_bytes(b"\0" * (1 << 20))
+    blank.write_bytes(HANGING_BOOT_SECTOR + b"\0" * ((1 << 20) - 512))
     source = """
     import pytest
 
-    @pytest.mark.timeout(25)
+    @pytest.mark.timeout(15)
     @pytest.mark.aero_check("virtio-net")
     def test_hang(aero_vm):
         aero_vm.expect_pass("virtio-net")
     """
     res = run(pytester, source, f"--vm-artifacts={artifacts}", f"--vm-image={blank}", "--vm-silence-timeout=600")
     res.assert_outcomes(failed=1)
-    res.stdout.fnmatch_lines(["*Timeout*"])
+    res.stdout.fnmatch_lines([
+        "FAIL: TIMEOUT: pytest-timeout (15 s) expired while the test waited for the final virtio-net*"
+    ])
     assert wait_gone(str(artifacts), 10) == []
 
 

@@ -28,6 +28,8 @@ class StandInStream:
         self.closed: BaseException | None = None
         self.closed_at: float | None = None
         self.feed_threads: set[str] = set()
+        #: What explaining serial lines said (MarkerStream.end_kinds); the stand-in sees none.
+        self.end_kinds: list[str] = []
         self._subs: list[Callable[[Any], None]] = []
         self._cond = threading.Condition()
 

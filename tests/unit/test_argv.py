@@ -194,6 +194,15 @@ def test_disk_with_snapshot_uses_overlay_on_read_only_base() -> None:
     assert device(argv, "virtio-blk-pci")["drive"] == "disk0"
 
 
+def test_snapshot_overlay_given_as_a_descriptor_goes_through_an_fdset() -> None:
+    """The nameless overlay (argv.anonymous_overlay) reaches QEMU as -add-fd and /dev/fdset/N."""
+    opts = RunOptions(qemu=OPTS.qemu, image=IMG)
+    argv = build_argv(opts, VmConfig(), CAPS_72, RuntimePaths(serial=5, qmp=6, overlay=9))
+    assert option_after(argv, "-add-fd") == ["fd=9,set=1,opaque=aero-overlay"]
+    assert "driver=file,node-name=disk0-file,filename=/dev/fdset/1" in option_after(argv, "-blockdev")
+    assert argv.index("-add-fd") < argv.index("-blockdev")
+
+
 def test_snapshot_without_overlay_is_a_caller_error() -> None:
     with pytest.raises(ValueError, match="overlay"):
         build_argv(RunOptions(qemu=OPTS.qemu, image=IMG), VmConfig(), CAPS_72, RT)

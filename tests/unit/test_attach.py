@@ -105,7 +105,7 @@ def test_options_arm_the_attach_point(pytester: pytest.Pytester, option: str) ->
     from pytest_aero_virtio.settings import settings_from_config
 
     image = pytester.path / "disk.img"
-    image.write_bytes(b"\0" * 512)
+    image.write_bytes(b"\0" * 510 + b"\x55\xaa")  # a boot sector: what the start-up image check wants
     config = pytester.parseconfig(f"--vm-image={image}", "--qemu-system=/bin/true", option)
     settings = settings_from_config(config)
     assert settings.attachable
