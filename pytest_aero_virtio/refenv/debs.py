@@ -2,7 +2,7 @@
 
 A private apt configuration (its own sources file, lists, cache and an empty dpkg status) lets ``apt-get
 update`` / ``apt-cache depends`` / ``apt-get download`` work on trixie from a Debian 12 host: installing
-trixie's QEMU would replace libc6 and ~190 other system packages (shared/REFENV-NOTES.md), so we only ever
+trixie's QEMU would replace libc6 and ~190 other system packages of a Debian 12 host, so we only ever
 unpack .debs into cache directories with ``dpkg-deb -x``.
 
 The mirror URI and keyring are read from the system's own apt sources at run time (never written in the
