@@ -123,11 +123,24 @@ def _disk_of_path(path: Path) -> str:
     return link.name
 
 
+def _writable(mountpoint: str) -> bool:
+    try:
+        return not os.statvfs(mountpoint).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
+
+
+def rw_mounts(devices: list[str]) -> list[tuple[str, str]]:
+    """(device, mountpoint) of the read-write mounts of ``devices`` (a read-only one, such as an image's
+    /usr mounted straight from a partition, is neither a place for test files nor something to unmount)."""
+    return [(src, mp) for src, mp, _fs in sysfs.mounts() if src in devices and _writable(mp)]
+
+
 def mount_disk(name: str, mountpoint: Path = MOUNTPOINT) -> tuple[Path, bool]:
     """Where disk ``name`` is mounted read-write (mounting its first FAT at ``mountpoint`` if it is not)."""
     devices = disk_devices(name)
-    for src, mp, _fs in sysfs.mounts():
-        if src in devices and Path(mp) != Path("/"):
+    for _src, mp in rw_mounts(devices):
+        if Path(mp) != Path("/"):
             return Path(mp), False
     mountpoint.mkdir(parents=True, exist_ok=True)
     errors = []
@@ -135,7 +148,7 @@ def mount_disk(name: str, mountpoint: Path = MOUNTPOINT) -> tuple[Path, bool]:
     attempts += [["mount", "-o", "rw", dev, str(mountpoint)] for dev in devices]
     for argv in attempts:
         cp = sysfs.run(argv, timeout=15)
-        if cp.returncode == 0 and not os.statvfs(mountpoint).f_flag & os.ST_RDONLY:
+        if cp.returncode == 0 and _writable(str(mountpoint)):
             return mountpoint, True
         if cp.returncode == 0:  # a read-only file system (the image's erofs /usr): not where files can go
             sysfs.run(["umount", str(mountpoint)], timeout=15)
@@ -368,8 +381,7 @@ class _ResetFailed(Exception):
 
 def _unmount(disk: str) -> list[tuple[str, str]]:
     """Unmount every filesystem of ``disk``; returns (device, mountpoint) pairs to remount later."""
-    devices = disk_devices(disk)
-    mounted = [(src, mp) for src, mp, _fs in sysfs.mounts() if src in devices]
+    mounted = rw_mounts(disk_devices(disk))
     os.sync()
     for _src, mp in reversed(mounted):
         cp = sysfs.run(["umount", mp], timeout=15)

@@ -27,7 +27,7 @@ def test_init_mounts_usr_then_starts_drivers_then_the_selftest() -> None:
     lines = text.splitlines()
     assert lines[0] == "#!/bin/busybox sh"
     order = [
-        "mount -t devtmpfs",
+        "mount -a",
         "insmod /modules/virtio_blk.ko",
         "insmod /modules/erofs.ko",
         "for part in /dev/vd[a-z]2",
@@ -40,7 +40,7 @@ def test_init_mounts_usr_then_starts_drivers_then_the_selftest() -> None:
     ]
     positions = [_index(lines, p) for p in order]
     assert positions == sorted(positions), dict(zip(order, positions, strict=True))
-    assert "losetup -r /dev/loop0" in text and "mount -t erofs -o ro /dev/loop0 /usr" in text
+    assert 'losetup -r /dev/loop0 "$part"' in text and "mount -t erofs -o ro /dev/loop0 /usr" in text
     assert "AERO_VIRTIO_SELFTEST|RESULT|FAIL|reason=selftest_crashed" in text
     assert f'"$rc" != {scripts.EXIT_WATCHDOG}' in text  # the watchdog's RESULT is not a crash
     assert f"export PYTHONPATH=/{scripts.GUEST_DIR} " in text and "PYTHONHASHSEED=0" in text
