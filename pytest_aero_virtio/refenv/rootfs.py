@@ -154,13 +154,19 @@ def _read_ko(path: Path) -> bytes:
     return lzma.decompress(path.read_bytes()) if path.suffix == ".xz" else path.read_bytes()
 
 
-def _modinfo_depends(mroot: Path, wanted: Iterable[str], builtin: Iterable[str]) -> dict[str, list[str]]:
+def _module_index(mroot: Path) -> dict[str, Path]:
+    """Module name -> file, for the whole tree (one walk over ~4000 files)."""
+    return {kmod.normalize(p.name): p for p in mroot.joinpath("kernel").rglob("*.ko*")}
+
+
+def _modinfo_depends(
+    mroot: Path, index: dict[str, Path], wanted: Iterable[str], builtin: Iterable[str]
+) -> dict[str, list[str]]:
     """{module path: depends names} for ``wanted`` and what they pull in, read from .modinfo.
 
     Debian ships no modules.dep; decompressing all ~4000 modules to write one took most of a cold build,
     so only the modules reachable from ``wanted`` are read.
     """
-    index = {kmod.normalize(p.name): p for p in mroot.joinpath("kernel").rglob("*.ko*")}
     built = {kmod.normalize(b) for b in builtin}
     out: dict[str, list[str]] = {}
     todo = [kmod.normalize(w) for w in wanted]
@@ -177,13 +183,15 @@ def _modinfo_depends(mroot: Path, wanted: Iterable[str], builtin: Iterable[str])
     return out
 
 
-def _module_files(mroot: Path, wanted: Sequence[str], builtin: list[str]) -> list[tuple[str, bytes]]:
+def _module_files(
+    mroot: Path, index: dict[str, Path], wanted: Sequence[str], builtin: list[str]
+) -> list[tuple[str, bytes]]:
     """(path in the kernel tree, decompressed unsigned module) of ``wanted`` and their deps, in load order."""
     depfile = mroot / "modules.dep"
     if depfile.is_file():
         dep = kmod.parse_modules_dep(depfile.read_text())
     else:
-        dep = kmod.parse_modules_dep(kmod.render_modules_dep(_modinfo_depends(mroot, wanted, builtin)))
+        dep = kmod.parse_modules_dep(kmod.render_modules_dep(_modinfo_depends(mroot, index, wanted, builtin)))
     return [
         (rel.removesuffix(".xz"), kmod.strip_signature(_read_ko(mroot / rel)))
         for rel in kmod.load_order(dep, wanted, builtin)
@@ -202,11 +210,14 @@ def _install_kernel(
     shutil.copyfile(staging / "boot" / f"vmlinuz-{kver}", tmp / "vmlinuz")
     builtin_file = mroot / "modules.builtin"
     builtin = builtin_file.read_text().split() if builtin_file.is_file() else []
-    initrd = {f"modules/{rel.rsplit('/', 1)[-1]}": data for rel, data in _module_files(mroot, ROOT_MODULES, builtin)}
+    index = _module_index(mroot)
+    initrd = {
+        f"modules/{rel.rsplit('/', 1)[-1]}": data for rel, data in _module_files(mroot, index, ROOT_MODULES, builtin)
+    }
     groups: list[tuple[str, list[str]]] = []
     for device, wanted in (("boot", BOOT_MODULES), *MODULE_GROUPS):
         paths = []
-        for rel, data in _module_files(mroot, wanted, builtin):
+        for rel, data in _module_files(mroot, index, wanted, builtin):
             path = tmp / "usr/lib/modules" / kver / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
