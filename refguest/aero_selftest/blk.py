@@ -15,7 +15,6 @@ loop device's backing partition on that disk into /run and switches the loop dev
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -26,6 +25,7 @@ from . import irq, sysfs
 from .config import Config
 from .markers import Reporter
 from .pure import mib_per_s
+from .record import record
 
 MOUNTPOINT = Path("/mnt/blk")
 TEST_FILE = "aero-selftest.bin"
@@ -69,7 +69,7 @@ def stat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-@dataclasses.dataclass
+@record
 class Disk:
     name: str  # "vda"
     dev: str  # "virtio0"

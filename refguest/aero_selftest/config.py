@@ -10,12 +10,12 @@ keeps working with a newer host.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from . import early
+from .record import record
 
 IMAGE_ARGS = Path(early.IMAGE_ARGS)
 FW_CFG_ARGS = Path(early.FW_CFG_ARGS)
@@ -58,7 +58,7 @@ NOISE_MAX = 64 * 1024 * 1024
 ENV_PREFIX = "AERO_VIRTIO_SELFTEST_"
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """The effective configuration the checks run with."""
 
@@ -80,7 +80,7 @@ class Config:
         return flag in self.flags
 
 
-@dataclasses.dataclass
+@record
 class _State:
     flags: set[str]
     values: dict[str, str]

@@ -1,6 +1,6 @@
 """The selftest's first moments: START on the serial port before anything heavy is imported.
 
-Importing the checks (dataclasses, subprocess, socket, ...) takes about 0.6 s under TCG, and START is the
+Importing the checks (subprocess, socket, pathlib, ...) takes about 0.5 s under TCG, and START is the
 host's sign that the selftest is alive, so ``__main__`` writes it from here with nothing but ``os`` and
 ``termios`` loaded and only then imports the rest.  One exception: when an args source asks for serial
 noise (``--noise-line-bytes=`` / ``--noise-binary-bytes=``), the noise must come before every marker, so
