@@ -2,7 +2,7 @@
 
 Importing the checks (subprocess, socket, pathlib, ...) takes about 0.5 s under TCG, and START is the
 host's sign that the selftest is alive, so ``__main__`` writes it from here with nothing but ``os`` and
-``termios`` loaded and only then imports the rest.  One exception: when an args source asks for serial
+``fcntl`` loaded and only then imports the rest.  One exception: when an args source asks for serial
 noise (``--noise-line-bytes=`` / ``--noise-binary-bytes=``), the noise must come before every marker, so
 START is left to :func:`aero_selftest.main.main`, which writes it after the noise once the configuration
 is parsed.  The check is a plain substring test on the raw sources; the parsed configuration decides.
