@@ -20,8 +20,8 @@ DRIVERS = "/run/aero-drivers"  # the driver loader writes <this>.log (its errors
 DRIVERS_SCRIPT = "etc/aero-drivers"
 
 # Kernel command line.  The boot parameters after the first four save time under TCG and change nothing a
-# virtio driver does (QEMU 10, TCG, 2026-12: kernel time to /init ~2.8 s -> ~1.8 s together; the console
-# notes below say what each buys, measured in paired runs with a noise of about +-0.1 s):
+# virtio driver does (QEMU 10, TCG, 2026-12: kernel time to /init ~2.8 s -> ~1.8 s together; the notes
+# below say what each buys, measured in paired runs with a noise of about +-0.1 s):
 #  - console=tty0 console=ttyS0: kernel errors on the VGA screen too; the last one is /dev/console.
 #  - quiet: every console line costs ~1 ms per 30 characters on the emulated UART.
 #  - edd=off: no BIOS disk probing in the kernel's real-mode setup.
