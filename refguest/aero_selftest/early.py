@@ -13,8 +13,8 @@ loads the device drivers while the selftest starts (``AERO_SELFTEST_DRIVERS``); 
 waits for them before the first device check.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: it imports the __future__ module, one more file before START;
+# annotations naming types only imported for type checking are strings instead.
 import os
 
 TYPE_CHECKING = False  # typing itself costs an import; mypy knows this name
@@ -68,12 +68,12 @@ def _read(path: str) -> str:
         return ""
 
 
-def noise_requested(argv: Sequence[str], texts: Sequence[str]) -> bool:
+def noise_requested(argv: "Sequence[str]", texts: "Sequence[str]") -> bool:
     """Whether any args source might ask for serial noise (then START waits for the parsed config)."""
     return any(NOISE_HINT in a for a in argv) or any(NOISE_HINT in t for t in texts)
 
 
-def open_console(environ: Mapping[str, str]) -> int | None:
+def open_console(environ: "Mapping[str, str]") -> int | None:
     """An fd on the console named by ``AERO_SELFTEST_CONSOLE`` (the VGA text console), or None.
 
     Non-blocking: a console that cannot take a line right now loses it rather than stalling the markers.
@@ -129,11 +129,11 @@ def seed_crng() -> None:
 
 
 def begin(
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     version: int,
     out_fd: int = 1,
     console_fd: int | None = None,
-    sources: Sequence[str] = (IMAGE_ARGS, FW_CFG_ARGS),
+    sources: "Sequence[str]" = (IMAGE_ARGS, FW_CFG_ARGS),
 ) -> bool:
     """Write START now unless noise may be asked for; returns whether START was written."""
     raw_output(out_fd)

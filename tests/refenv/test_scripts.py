@@ -35,7 +35,7 @@ def test_init_mounts_usr_then_starts_drivers_then_the_selftest() -> None:
         "echo 1 >/proc/sys/kernel/printk",
         f"sh /{scripts.DRIVERS_SCRIPT} >{scripts.DRIVERS}.log 2>&1 &",
         "stty -F /dev/ttyS0 -opost",
-        "python3 -S -m aero_selftest",
+        "python3 -S -c 'import aero_selftest.__main__'",
         "poweroff -f",
     ]
     positions = [_index(lines, p) for p in order]
