@@ -32,6 +32,8 @@ DRIVERS_SCRIPT = "etc/aero-drivers"
 #  - rodata=off: no write-protecting of kernel data and no W+X page-table walk (~0.15 s).
 #  - ipv6.disable=1, 8250.nr_uarts=1, no_timer_check: no IPv6 stack (the guest's network is IPv4), one
 #    UART to register instead of four, no wait for timer interrupts to prove the IO-APIC routing.
+#  - noapictimer: the HPET drives the clock instead of the local APIC timer, whose calibration spins for
+#    25 ticks of the reference timer (~0.1 s; under KVM the hypervisor tells its rate, under TCG nothing does).
 #  - cryptomgr.notests + initcall_blacklist: the crypto self-tests, the jitter-entropy RNG warm-up, the
 #    builtin X.509 key list (the image's modules are unsigned anyway), trace enum maps, encrypted keys,
 #    IMA, digital signatures and hibernation snapshots (~0.4 s together); perf, BPF, tracefs, machine-check
@@ -51,6 +53,7 @@ BOOT_PARAMS = (
     "ipv6.disable=1",
     "8250.nr_uarts=1",
     "no_timer_check",
+    "noapictimer",
     "cryptomgr.notests",
     "initcall_blacklist=" + ",".join(
         (
