@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_aero_virtio.refenv import cpio, debs, elf, kmod, scripts
@@ -88,6 +89,14 @@ USR_LINKS = (
     ("usr/lib64/ld-linux-x86-64.so.2", "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
     ("usr/bin/python3", f"python{PYVER}"),
 )
+
+
+@dataclass(frozen=True)
+class Modules:
+    """/usr's kernel modules (paths from /, load order): loaded before the selftest, and by device group."""
+
+    boot: list[str]
+    groups: list[tuple[str, list[str]]]
 
 
 def stdlib_keep(relpath: str) -> bool:
@@ -198,10 +207,21 @@ def _module_files(
     ]
 
 
-def _install_kernel(
-    staging: Path, tmp: Path, kernel_pkg: str
-) -> tuple[str, dict[str, bytes], list[tuple[str, list[str]]]]:
-    """vmlinuz and /usr's modules into the entry: (kver, initramfs modules by path, /usr module groups)."""
+def _install_usr_modules(
+    tmp: Path, mroot: Path, kver: str, index: dict[str, Path], wanted: Sequence[str], builtin: list[str]
+) -> list[str]:
+    """Write ``wanted`` (and their deps) under usr/lib/modules; their paths from / in load order."""
+    paths = []
+    for rel, data in _module_files(mroot, index, wanted, builtin):
+        path = tmp / "usr/lib/modules" / kver / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        paths.append(path.relative_to(tmp).as_posix())
+    return paths
+
+
+def _install_kernel(staging: Path, tmp: Path, kernel_pkg: str) -> tuple[str, dict[str, bytes], Modules]:
+    """vmlinuz and /usr's modules into the entry: (kver, initramfs modules by path, /usr's modules)."""
     moddirs = sorted((staging / "usr/lib/modules").iterdir())
     if not moddirs:
         raise ImageBuildError(f"{kernel_pkg} unpacked no /usr/lib/modules; fix: delete the cache and retry")
@@ -214,16 +234,9 @@ def _install_kernel(
     initrd = {
         f"modules/{rel.rsplit('/', 1)[-1]}": data for rel, data in _module_files(mroot, index, ROOT_MODULES, builtin)
     }
-    groups: list[tuple[str, list[str]]] = []
-    for device, wanted in (("boot", BOOT_MODULES), *MODULE_GROUPS):
-        paths = []
-        for rel, data in _module_files(mroot, index, wanted, builtin):
-            path = tmp / "usr/lib/modules" / kver / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            paths.append(path.relative_to(tmp).as_posix())
-        groups.append((device, paths))
-    return kver, initrd, groups
+    boot = _install_usr_modules(tmp, mroot, kver, index, BOOT_MODULES, builtin)
+    groups = [(dev, _install_usr_modules(tmp, mroot, kver, index, w, builtin)) for dev, w in MODULE_GROUPS]
+    return kver, initrd, Modules(boot, groups)
 
 
 def _install_python(staging: Path, root: Path) -> None:
@@ -298,9 +311,7 @@ def _etc_files(staging: Path) -> dict[str, bytes]:
     return files
 
 
-def _write_initrd(
-    tmp: Path, staging: Path, modules: dict[str, bytes], usr_modules: Sequence[tuple[str, Sequence[str]]]
-) -> None:
+def _write_initrd(tmp: Path, staging: Path, modules: dict[str, bytes], usr_modules: Modules) -> None:
     """The initramfs as ``initrd.img`` (zstd: SYSLINUX reads it through BIOS calls).
 
     busybox's applet links are made here once, not with ``busybox --install`` at every boot.
@@ -320,10 +331,8 @@ def _write_initrd(
             w.add_symlink(f"bin/{name}", "busybox")
         for name, data in {**_etc_files(staging), **modules}.items():
             w.add_file(name, data)
-        boot = [p for dev, paths in usr_modules if dev == "boot" for p in paths]
-        drivers = [(dev, paths) for dev, paths in usr_modules if dev != "boot"]
-        w.add_file(scripts.DRIVERS_SCRIPT, scripts.render_drivers(drivers).encode(), 0o755)
-        w.add_file("init", scripts.render_init(list(modules), boot).encode(), 0o755)
+        w.add_file(scripts.DRIVERS_SCRIPT, scripts.render_drivers(usr_modules.groups).encode(), 0o755)
+        w.add_file("init", scripts.render_init(list(modules), usr_modules.boot).encode(), 0o755)
         w.close()
     run_tool(["zstd", "-q", "-3", "--rm", str(tmp / "initrd.cpio"), "-o", str(tmp / "initrd.img")])
 
@@ -345,5 +354,5 @@ def build_base(tmp: Path, apt: debs.Apt, infos: list[debs.DebInfo], kernel_pkg: 
     (tmp / "kver").write_text(kver)
     (tmp / "versions.txt").write_text(debs.versions_text(infos))
     shutil.rmtree(staging)
-    nmod = len(initrd_modules) + sum(len(paths) for _dev, paths in usr_modules)
+    nmod = len(initrd_modules) + len(usr_modules.boot) + sum(len(paths) for _dev, paths in usr_modules.groups)
     progress(f"guest /usr and initramfs ready ({nmod} modules, {nlibs} libraries, {time.monotonic() - t0:.1f} s)")

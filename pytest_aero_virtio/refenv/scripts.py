@@ -160,6 +160,7 @@ mount -a
   losetup -d {USR_LOOP}
 done
 if [ ! -x /usr/bin/python3 ]; then
+  {say.format("no /usr image (erofs on partition 2 of a virtio disk); is the reference disk attached?")}
   echo 'aero-init: no /usr image (erofs on partition 2 of a virtio disk); is the reference disk attached?'
   poweroff -f
 fi

@@ -111,3 +111,15 @@ def test_write_noise_puts_the_line_before_the_burst() -> None:
     os.close(w)
     out = _pipe_text(r)
     assert out == noise_line(300) + noise_binary(512)
+
+
+def test_the_image_and_the_selftest_agree_on_their_interface() -> None:
+    """The image's /init (pytest_aero_virtio.refenv.scripts) and the selftest share names and exit codes."""
+    from pytest_aero_virtio.refenv import scripts
+
+    init = scripts.render_init([], [])
+    assert main.EXIT_WATCHDOG == scripts.EXIT_WATCHDOG
+    assert f"{early.CONSOLE_ENV}={scripts.CONSOLE_TTY}" in init
+    assert f"{early.DRIVERS_ENV}={scripts.DRIVERS}" in init
+    assert early.IMAGE_ARGS == "/" + scripts.BAKED_ARGS
+    assert scripts.render_drivers([]).endswith(f": >{scripts.DRIVERS}.done\n")
