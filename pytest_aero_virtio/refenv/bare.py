@@ -2,8 +2,8 @@
 
 It is the yardstick the harness is timed against and a debugging aid, so it carries no harness at all:
 ``-serial stdio`` (QEMU writes the guest's serial port straight to our stdout), no QMP, a stdlib HTTP server
-and a UDP echo socket on 127.0.0.1 as PROTOCOL.md section 4 describes, and QEMU's exit status as ours.
-The argv comes from the plugin's own ``qemu.argv.build_argv`` so both run the same device contract.
+and a UDP echo socket on 127.0.0.1 (the host services of docs/protocol.md), and QEMU's exit status as
+ours.  The argv comes from the plugin's own ``qemu.argv.build_argv`` so both run the same device contract.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ UPLOAD_SHA256 = "fbbab289f7f94b25736c58be46a994c441fd02552cc6022352e3d86d2fab7c8
 
 
 def large_body() -> bytes:
-    """The 1 MiB pattern: byte i is i % 256 (PROTOCOL.md section 4)."""
+    """The 1 MiB download body: byte i is i % 256 (docs/protocol.md, host services)."""
     return bytes(range(256)) * (LARGE_SIZE // 256)
 
 
@@ -50,8 +50,8 @@ def fnv1a64(data: bytes) -> int:
 def guest_args(http_port: int, udp_port: int, http_path: str = DEFAULT_HTTP_PATH, no_capture: bool = False) -> str:
     """The fw_cfg ``opt/aero/args`` string: where the host services are, and whether to skip capture.
 
-    QEMU's wav audio backend records playback but has no input (capture fails with EIO in the guest,
-    PROTOCOL.md section 6), so a run with ``-audiodev wav`` tells the guest ``--disable-snd-capture``.
+    QEMU's wav audio backend records playback but has no input (capture fails with EIO in the guest), so a
+    run with ``-audiodev wav`` tells the guest ``--disable-snd-capture``.
     """
     args = f"--http-url=http://10.0.2.2:{http_port}{http_path} --udp-port={udp_port}"
     return args + (" --disable-snd-capture" if no_capture else "")

@@ -25,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build the reference guest image if needed; print the disk image path")
     b.add_argument("--print-all", action="store_true", help="also print kernel, initrd and append (one per line)")
     b.add_argument("--refresh", action="store_true", help="re-run apt-get update on the private apt lists first")
+    b.add_argument(
+        "--baked-args",
+        default="",
+        metavar="ARGS",
+        help="guest args baked into the image (/etc/aero-selftest/args), e.g. \"--test-blk-resize\": the "
+        "guest runs with them when the host sends none (pytest --vm-provisioning=baked)",
+    )
     c = sub.add_parser("clean", help="delete cache entries the current code no longer uses (old builds)")
     c.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     r = sub.add_parser("bare", help="print (or --run) a plain QEMU command line for the reference guest")
@@ -55,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "qemu":
             print(ensure_qemu())
         elif args.cmd == "build":
-            img = ensure_image()
+            img = ensure_image(baked_args=args.baked_args)
             print(img.disk)
             if args.print_all:
                 print(img.kernel)

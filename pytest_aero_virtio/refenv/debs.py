@@ -2,7 +2,7 @@
 
 A private apt configuration (its own sources file, lists, cache and an empty dpkg status) lets ``apt-get
 update`` / ``apt-cache depends`` / ``apt-get download`` work on trixie from a Debian 12 host: installing
-trixie's QEMU would replace libc6 and ~190 other system packages (shared/REFENV-NOTES.md), so we only ever
+trixie's QEMU would replace libc6 and ~190 other system packages of a Debian 12 host, so we only ever
 unpack .debs into cache directories with ``dpkg-deb -x``.
 
 The mirror URI and keyring are read from the system's own apt sources at run time (never written in the
@@ -12,6 +12,7 @@ around them runs apt.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -405,12 +406,22 @@ class Apt:
         return [self.debs / i.filename for i in infos]
 
 
-def unpack(debs: Iterable[Path], dest: Path) -> None:
-    """``dpkg-deb -x`` every package into ``dest`` (a sysroot; maintainer scripts are never run)."""
+def _unpack_one(deb: Path, dest: Path) -> None:
+    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise AptError(
+            f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; fix: delete {deb} (corrupt download) and retry"
+        )
+
+
+def unpack(debs: Iterable[Path], dest: Path, jobs: int | None = None) -> None:
+    """``dpkg-deb -x`` every package into ``dest`` (a sysroot; maintainer scripts are never run).
+
+    Packages unpack side by side, largest first (the kernel package alone is a third of a cold image build):
+    a package closure has no two packages shipping the same file, so the order does not matter.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise AptError(
-                f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; fix: delete {deb} (corrupt download) and retry"
-            )
+    ordered = sorted(debs, key=lambda p: p.stat().st_size, reverse=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or min(4, os.cpu_count() or 1)) as pool:
+        for future in [pool.submit(_unpack_one, deb, dest) for deb in ordered]:
+            future.result()

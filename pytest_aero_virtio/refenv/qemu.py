@@ -42,7 +42,7 @@ def render_launcher(root: Path) -> str:
     """The exec wrapper: bundled ld.so, its library path, ``-L`` for firmware and the module dir.
 
     Without ``-L`` QEMU looks for firmware relative to the loader; without ``QEMU_MODULE_DIR`` it tries the
-    host QEMU's modules and aborts (shared/REFENV-NOTES.md).
+    host QEMU's modules and aborts ("Only modules from the same build can be loaded").
     """
     r = shlex.quote(str(root))
     return (

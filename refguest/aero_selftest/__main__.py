@@ -1,5 +1,17 @@
-"""Entry point: ``python3 -m aero_selftest [args...]``."""
+"""Entry point: ``python3 -m aero_selftest [args...]``.
 
-from .main import main
+START is written (by :mod:`early`) before the checks are imported; see there why.
+"""
 
-raise SystemExit(main())
+import os
+import sys
+
+from . import PROTOCOL_VERSION, early
+
+_console = early.open_console(os.environ)
+_started = early.begin(sys.argv[1:], PROTOCOL_VERSION, console_fd=_console)
+early.seed_crng()
+
+from .main import main  # noqa: E402  (deliberately after START)
+
+raise SystemExit(main(started=_started, console_fd=_console))

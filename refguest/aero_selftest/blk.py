@@ -1,16 +1,23 @@
 """virtio-blk checks: file I/O on the virtio disk, MSI-X routing, counters, runtime resize, driver reset.
 
-The disk is the first virtio_blk disk (the boot disk of the reference image, a plain FAT filesystem the
-host runs with snapshot=on), mounted read-write at /mnt/blk unless already mounted; ``--blk-root=DIR``
-names a directory on a virtio disk instead.  Every read is proven to come from the device: the page
-cache is dropped after fsync, and the disk's /sys/block/<disk>/stat sector counters must grow by at
-least the bytes written and read.
+The disk is the first virtio_blk disk (the boot disk of the reference image: an MBR disk whose first
+partition is a FAT filesystem; the host runs it with snapshot=on), its first FAT filesystem (a partition,
+or the whole disk for images without a partition table) mounted read-write at /mnt/blk unless already
+mounted; ``--blk-root=DIR`` names a directory on a virtio disk instead.  Every read is proven to come from
+the device: the page cache is dropped after fsync, and the disk's /sys/block/<disk>/stat sector counters
+must grow by at least the bytes written and read.
+
+The reference image's root filesystem is a read-only image on the same disk, read through a read-only
+loop device.  Before the reset check unbinds the disk's driver, :func:`move_loops_to_ram` copies every
+loop device's backing partition on that disk into /run and switches the loop device to the copy
+(``LOOP_CHANGE_FD``), so the running system never reads from the disk while it is gone.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import fcntl
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -18,6 +25,7 @@ from . import irq, sysfs
 from .config import Config
 from .markers import Reporter
 from .pure import mib_per_s
+from .record import record
 
 MOUNTPOINT = Path("/mnt/blk")
 TEST_FILE = "aero-selftest.bin"
@@ -25,6 +33,8 @@ IO_BYTES = 4 * 1024 * 1024
 CHUNK = 256 * 1024
 RESIZE_TIMEOUT_S = 60.0
 RESIZE_POLL_S = 0.1
+LOOP_CHANGE_FD = 0x4C06  # <linux/loop.h>
+RAM_COPY_DIR = Path("/run")
 
 NAMES = ("virtio-blk", "virtio-blk-msix", "virtio-blk-counters", "virtio-blk-resize", "virtio-blk-reset")
 
@@ -59,7 +69,7 @@ def stat_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-@dataclasses.dataclass
+@record
 class Disk:
     name: str  # "vda"
     dev: str  # "virtio0"
@@ -89,6 +99,21 @@ def virtio_disks() -> list[tuple[str, str]]:
     return out
 
 
+def partitions(name: str, sys_block: Path = Path("/sys/block")) -> list[str]:
+    """Partition names of disk ``name`` (vda1, vda2, ...) in partition-number order."""
+    try:
+        entries = os.listdir(sys_block / name)
+    except OSError:
+        return []
+    parts = [e for e in entries if e.startswith(name) and (sys_block / name / e / "partition").exists()]
+    return sorted(parts, key=lambda e: int(sysfs.read(sys_block / name / e / "partition", "0") or 0))
+
+
+def disk_devices(name: str, parts: list[str] | None = None) -> list[str]:
+    """/dev paths of a disk's filesystems to try, partitions first, then the whole disk."""
+    return [f"/dev/{p}" for p in (partitions(name) if parts is None else parts)] + [f"/dev/{name}"]
+
+
 def _disk_of_path(path: Path) -> str:
     """Whole-disk name of the block device holding ``path`` (vda for a file on vda or vda1)."""
     st = os.stat(path)
@@ -98,25 +123,41 @@ def _disk_of_path(path: Path) -> str:
     return link.name
 
 
+def _writable(mountpoint: str) -> bool:
+    try:
+        return not os.statvfs(mountpoint).f_flag & os.ST_RDONLY
+    except OSError:
+        return False
+
+
+def rw_mounts(devices: list[str]) -> list[tuple[str, str]]:
+    """(device, mountpoint) of the read-write mounts of ``devices`` (a read-only one, such as an image's
+    /usr mounted straight from a partition, is neither a place for test files nor something to unmount)."""
+    return [(src, mp) for src, mp, _fs in sysfs.mounts() if src in devices and _writable(mp)]
+
+
 def mount_disk(name: str, mountpoint: Path = MOUNTPOINT) -> tuple[Path, bool]:
-    """Where disk ``name`` is mounted (mounting it read-write at ``mountpoint`` if it is not)."""
-    for src, mp, _fs in sysfs.mounts():
-        if src in (f"/dev/{name}", f"/dev/{name}1"):
+    """Where disk ``name`` is mounted read-write (mounting its first FAT at ``mountpoint`` if it is not)."""
+    devices = disk_devices(name)
+    for _src, mp in rw_mounts(devices):
+        if Path(mp) != Path("/"):
             return Path(mp), False
     mountpoint.mkdir(parents=True, exist_ok=True)
     errors = []
-    for argv in (
-        ["mount", "-t", "vfat", "-o", "rw", f"/dev/{name}", str(mountpoint)],
-        ["mount", "-o", "rw", f"/dev/{name}", str(mountpoint)],
-        ["mount", "-o", "rw", f"/dev/{name}1", str(mountpoint)],
-    ):
+    attempts = [["mount", "-t", "vfat", "-o", "rw", dev, str(mountpoint)] for dev in devices]
+    attempts += [["mount", "-o", "rw", dev, str(mountpoint)] for dev in devices]
+    for argv in attempts:
         cp = sysfs.run(argv, timeout=15)
-        if cp.returncode == 0:
+        if cp.returncode == 0 and _writable(str(mountpoint)):
             return mountpoint, True
+        if cp.returncode == 0:  # a read-only file system (the image's erofs /usr): not where files can go
+            sysfs.run(["umount", str(mountpoint)], timeout=15)
+            errors.append(f"{argv[-2]} is read-only")
+            continue
         errors.append(sysfs.out_text(cp))
     raise RuntimeError(
-        f"cannot mount /dev/{name} read-write ({'; '.join(errors)}); give a writable directory on a "
-        "virtio disk with --blk-root=PATH"
+        f"cannot mount a filesystem of /dev/{name} read-write ({'; '.join(errors[-3:])}); give a writable "
+        "directory on a virtio disk with --blk-root=PATH"
     )
 
 
@@ -296,6 +337,88 @@ def check_resize(rep: Reporter, cfg: Config, state: BlkState) -> None:
         time.sleep(RESIZE_POLL_S)
 
 
+def loop_backings(sys_block: Path = Path("/sys/block")) -> list[tuple[str, str]]:
+    """(loopN, backing file) of every bound loop device."""
+    out = []
+    for name in sorted(os.listdir(sys_block)):
+        if name.startswith("loop"):
+            backing = sysfs.read(sys_block / name / "loop" / "backing_file")
+            if backing:
+                out.append((name, backing))
+    return out
+
+
+def move_loops_to_ram(disk: str, ram_dir: Path = RAM_COPY_DIR) -> list[str]:
+    """Switch every loop device backed by ``disk`` (or one of its partitions) to a copy in RAM.
+
+    ``LOOP_CHANGE_FD`` needs a read-only loop device and a new file of the same size; the copy keeps both
+    true.  Returns the loop devices moved.
+    """
+    devices = set(disk_devices(disk))
+    moved = []
+    for loop, backing in loop_backings():
+        if backing not in devices:
+            continue
+        copy = ram_dir / f"aero-{loop}.img"
+        with open(backing, "rb") as src, open(copy, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        new_fd = os.open(copy, os.O_RDONLY)
+        try:
+            with open(f"/dev/{loop}", "rb") as dev:
+                fcntl.ioctl(dev.fileno(), LOOP_CHANGE_FD, new_fd)
+        finally:
+            os.close(new_fd)
+        moved.append(loop)
+    return moved
+
+
+class _ResetFailed(Exception):
+    def __init__(self, reason: str, err: str, **fields: str) -> None:
+        super().__init__(err)
+        self.reason = reason
+        self.fields = fields
+
+
+def _unmount(disk: str) -> list[tuple[str, str]]:
+    """Unmount every filesystem of ``disk``; returns (device, mountpoint) pairs to remount later."""
+    mounted = rw_mounts(disk_devices(disk))
+    os.sync()
+    for _src, mp in reversed(mounted):
+        cp = sysfs.run(["umount", mp], timeout=15)
+        if cp.returncode != 0:
+            raise _ResetFailed("umount_failed", sysfs.out_text(cp), mountpoint=mp)
+    return mounted
+
+
+def _rebind(disk: Disk) -> tuple[str, int, int]:
+    """Unbind the disk's virtio device from virtio_blk and bind it again: (new disk name, unbind ms, bind ms)."""
+    drv = sysfs.VIRTIO_BUS / "drivers" / "virtio_blk"
+    t0 = time.monotonic()
+    (drv / "unbind").write_text(disk.dev)
+    if not sysfs.wait_for(Path("/sys/block") / disk.name, exists=False, timeout=10):
+        raise _ResetFailed("unbind_timeout", f"/sys/block/{disk.name} still exists 10 s after unbind")
+    unbind_ms = int((time.monotonic() - t0) * 1000)
+    t0 = time.monotonic()
+    (drv / "bind").write_text(disk.dev)
+    block_dir = sysfs.VIRTIO_BUS / "devices" / disk.dev / "block"
+    if not sysfs.wait_for(block_dir, exists=True, timeout=10):
+        raise _ResetFailed("rebind_timeout", f"{disk.dev} has no block device 10 s after bind")
+    new_name = sorted(os.listdir(block_dir))[0]
+    if not sysfs.wait_for(Path("/dev") / new_name, exists=True, timeout=5):
+        raise _ResetFailed("devnode_missing", f"/dev/{new_name} did not appear after rebind")
+    return new_name, unbind_ms, int((time.monotonic() - t0) * 1000)
+
+
+def _remount(mounted: list[tuple[str, str]], old: str, new: str) -> None:
+    """Mount each (device, mountpoint) again, the device renamed from disk ``old`` to disk ``new``."""
+    for src, mp in mounted:
+        dev = f"/dev/{new}{src[len(f'/dev/{old}') :]}"
+        sysfs.wait_for(Path(dev), exists=True, timeout=5)
+        cp = sysfs.run(["mount", "-o", "rw", dev, mp], timeout=15)
+        if cp.returncode != 0:
+            raise _ResetFailed("remount_failed", sysfs.out_text(cp), mountpoint=mp)
+
+
 def check_reset(rep: Reporter, cfg: Config, state: BlkState) -> None:
     """Unmount, unbind the virtio device from virtio_blk (the driver resets the device on remove), bind it
     again (probe resets and re-negotiates), remount and do I/O again."""
@@ -307,41 +430,16 @@ def check_reset(rep: Reporter, cfg: Config, state: BlkState) -> None:
     if disk is None:
         rep.fail(name, "no_disk", err="virtio-blk did not find a usable disk")
         return
-    drv = sysfs.VIRTIO_BUS / "drivers" / "virtio_blk"
-    mountpoints = [mp for src, mp, _fs in sysfs.mounts() if src in (f"/dev/{disk.name}", f"/dev/{disk.name}1")]
-    os.sync()
-    for mp in reversed(mountpoints):
-        cp = sysfs.run(["umount", mp], timeout=15)
-        if cp.returncode != 0:
-            rep.fail(name, "umount_failed", err=sysfs.out_text(cp), mountpoint=mp)
-            return
-    irq_before = irq.read_device_irqs(disk.dev).total
-    t0 = time.monotonic()
-    (drv / "unbind").write_text(disk.dev)
-    if not sysfs.wait_for(Path("/sys/block") / disk.name, exists=False, timeout=10):
-        rep.fail(name, "unbind_timeout", err=f"/sys/block/{disk.name} still exists 10 s after unbind")
+    try:
+        mounted = _unmount(disk.name)
+        move_loops_to_ram(disk.name)
+        irq_before = irq.read_device_irqs(disk.dev).total
+        new_name, unbind_ms, bind_ms = _rebind(disk)
+        _remount(mounted, disk.name, new_name)
+    except _ResetFailed as exc:
+        rep.fail(name, exc.reason, err=str(exc), **exc.fields)
         return
-    unbind_ms = int((time.monotonic() - t0) * 1000)
-    t0 = time.monotonic()
-    (drv / "bind").write_text(disk.dev)
-    block_dir = sysfs.VIRTIO_BUS / "devices" / disk.dev / "block"
-    if not sysfs.wait_for(block_dir, exists=True, timeout=10):
-        rep.fail(name, "rebind_timeout", err=f"{disk.dev} has no block device 10 s after bind")
-        return
-    new_name = sorted(os.listdir(block_dir))[0]
-    if not sysfs.wait_for(Path("/dev") / new_name, exists=True, timeout=5):
-        rep.fail(name, "devnode_missing", err=f"/dev/{new_name} did not appear after rebind")
-        return
-    bind_ms = int((time.monotonic() - t0) * 1000)
-    remount_root = disk.root
-    for mp in mountpoints:
-        cp = sysfs.run(["mount", "-o", "rw", f"/dev/{new_name}", mp], timeout=15)
-        if cp.returncode != 0:
-            rep.fail(name, "remount_failed", err=sysfs.out_text(cp), mountpoint=mp)
-            return
-    if not mountpoints:  # --blk-root on an unmounted path cannot happen; keep the root as it was
-        remount_root = disk.root
-    new_disk = Disk(new_name, disk.dev, remount_root, disk.mounted_by_us)
+    new_disk = Disk(new_name, disk.dev, disk.root, disk.mounted_by_us)
     state.disk = new_disk
     figures = io_roundtrip(new_disk, 1024 * 1024)
     irq_after = irq.read_device_irqs(disk.dev).total

@@ -10,13 +10,15 @@ keeps working with a newer host.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-IMAGE_ARGS = Path("/etc/aero-selftest/args")
-FW_CFG_ARGS = Path("/sys/firmware/qemu_fw_cfg/by_name/opt/aero/args/raw")
+from . import early
+from .record import record
+
+IMAGE_ARGS = Path(early.IMAGE_ARGS)
+FW_CFG_ARGS = Path(early.FW_CFG_ARGS)
 
 DEFAULT_HTTP_URL = "http://10.0.2.2:18080/aero-virtio-selftest"
 DEFAULT_UDP_PORT = 18081
@@ -48,12 +50,15 @@ FLAGS = frozenset(
 )
 # Aliases the Windows selftest accepts.
 FLAG_ALIASES = {"test-tablet-events": "test-input-tablet-events", "test-snd": "require-snd"}
-VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root"})
+VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root", "noise-line-bytes", "noise-binary-bytes"})
+# Serial-cost measurement: bytes of one long printable line / of a binary burst written before every marker.
+NOISE_ARGS = ("noise-line-bytes", "noise-binary-bytes")
+NOISE_MAX = 64 * 1024 * 1024
 
 ENV_PREFIX = "AERO_VIRTIO_SELFTEST_"
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """The effective configuration the checks run with."""
 
@@ -62,6 +67,8 @@ class Config:
     udp_port: int = DEFAULT_UDP_PORT
     dns_host: str = DEFAULT_DNS_HOST
     blk_root: str = ""
+    noise_line_bytes: int = 0
+    noise_binary_bytes: int = 0
     unknown: tuple[str, ...] = ()
     sources: tuple[str, ...] = ()
 
@@ -73,7 +80,7 @@ class Config:
         return flag in self.flags
 
 
-@dataclasses.dataclass
+@record
 class _State:
     flags: set[str]
     values: dict[str, str]
@@ -131,6 +138,21 @@ def split_args(text: str) -> list[str]:
     return shlex.split(text.replace("\x00", " "), comments=True)
 
 
+def _int_value(values: dict[str, str], name: str, default: int, lo: int, hi: int, unknown: list[str]) -> int:
+    """A valued arg as an int in [lo, hi]; a bad value is reported as unknown and the default used."""
+    raw = values.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        unknown.append(f"--{name}={raw}")
+        return default
+    return value
+
+
 def merge(sources: Iterable[tuple[str, Sequence[str]]]) -> Config:
     """Merge ``(source name, tokens)`` pairs in order into a Config (later valued args win)."""
     state = _State(set(), {}, [])
@@ -140,22 +162,15 @@ def merge(sources: Iterable[tuple[str, Sequence[str]]]) -> Config:
             used.append(source)
         _apply_tokens(state, tokens)
     unknown = list(state.unknown)
-    udp_port = DEFAULT_UDP_PORT
-    raw_port = state.values.get("udp-port")
-    if raw_port is not None:
-        try:
-            udp_port = int(raw_port)
-            if not 0 < udp_port < 65536:
-                raise ValueError(raw_port)
-        except ValueError:
-            unknown.append(f"--udp-port={raw_port}")
-            udp_port = DEFAULT_UDP_PORT
+    values = state.values
     return Config(
         flags=frozenset(state.flags),
-        http_url=state.values.get("http-url", DEFAULT_HTTP_URL),
-        udp_port=udp_port,
-        dns_host=state.values.get("dns-host", DEFAULT_DNS_HOST),
-        blk_root=state.values.get("blk-root", ""),
+        http_url=values.get("http-url", DEFAULT_HTTP_URL),
+        udp_port=_int_value(values, "udp-port", DEFAULT_UDP_PORT, 1, 65535, unknown),
+        dns_host=values.get("dns-host", DEFAULT_DNS_HOST),
+        blk_root=values.get("blk-root", ""),
+        noise_line_bytes=_int_value(values, "noise-line-bytes", 0, 0, NOISE_MAX, unknown),
+        noise_binary_bytes=_int_value(values, "noise-binary-bytes", 0, 0, NOISE_MAX, unknown),
         unknown=tuple(unknown),
         sources=tuple(used),
     )
@@ -188,8 +203,8 @@ def load(
 
 
 def config_fields(cfg: Config) -> dict[str, str | int]:
-    """The CONFIG line's fields (effective values, enabled flags as a comma list)."""
-    return {
+    """The CONFIG line's fields (effective values, enabled flags as a comma list; noise sizes when set)."""
+    fields: dict[str, str | int] = {
         "http_url": cfg.http_url,
         "http_url_large": cfg.http_url_large,
         "udp_port": cfg.udp_port,
@@ -198,3 +213,8 @@ def config_fields(cfg: Config) -> dict[str, str | int]:
         "flags": ",".join(sorted(cfg.flags)) or "none",
         "sources": ",".join(cfg.sources) or "defaults",
     }
+    if cfg.noise_line_bytes:
+        fields["noise_line_bytes"] = cfg.noise_line_bytes
+    if cfg.noise_binary_bytes:
+        fields["noise_binary_bytes"] = cfg.noise_binary_bytes
+    return fields

@@ -7,10 +7,11 @@ __s32 value}``: 24 bytes (``llHHi``) on x86_64.
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import struct
 from collections.abc import Iterable, Sequence
+
+from .record import record
 
 EVENT_FORMAT = "llHHi"
 EVENT_SIZE = struct.calcsize(EVENT_FORMAT)
@@ -33,7 +34,7 @@ QEMU_ABS_MAX = 0x7FFF  # QEMU's absolute axis range is 0..0x7fff (INPUT_EVENT_AB
 CODE_MAX = {EV_KEY: KEY_MAX, EV_REL: REL_MAX, EV_ABS: ABS_MAX, EV_LED: LED_MAX}
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Event:
     sec: int
     usec: int
@@ -62,7 +63,7 @@ def bits_to_set(mask: bytes) -> frozenset[int]:
     return frozenset(i * 8 + b for i, byte in enumerate(mask) for b in range(8) if byte >> b & 1)
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Caps:
     """Capabilities of one evdev device (from EVIOCGBIT)."""
 

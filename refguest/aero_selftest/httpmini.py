@@ -7,11 +7,12 @@ do, and importing http.client pulls in the email package, a noticeable start-up 
 
 from __future__ import annotations
 
-import dataclasses
 import select
 import socket
 import time
 from urllib.parse import urlsplit
+
+from .record import record
 
 CONTINUE_WAIT_S = 1.0
 
@@ -24,7 +25,7 @@ class HttpError(Exception):
         self.reason = reason
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Url:
     host: str
     port: int
@@ -56,7 +57,7 @@ def build_request(method: str, url: Url, headers: dict[str, str] | None = None) 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Response:
     status: int
     reason: str

@@ -8,7 +8,6 @@ sequence arrived or their timeout passed.  The host repeats its injection every 
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import select
@@ -19,6 +18,7 @@ from . import evdev, irq, sysfs
 from .config import Config
 from .evdev import Matcher
 from .markers import Reporter
+from .record import record
 
 EVENTS_TIMEOUT_S = 10.0
 EVENTS_EXTENDED_TIMEOUT_S = 15.0
@@ -28,7 +28,7 @@ POINTER = ("mouse", "tablet")
 WHEEL_GRACE_S = 1.5
 
 
-@dataclasses.dataclass
+@record
 class InputDev:
     dev: str  # virtioN
     event: str  # eventK

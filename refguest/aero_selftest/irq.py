@@ -8,14 +8,15 @@ hwirq column before ``-edge`` (``PCI-MSIX-0000:00:02.0 1-edge virtio0-req.0``).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
+
+from .record import record
 
 PROC_INTERRUPTS = Path("/proc/interrupts")
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class IrqLine:
     irq: str
     count: int
@@ -24,7 +25,7 @@ class IrqLine:
     actions: tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class DeviceIrqs:
     """What /proc/interrupts says about one virtio device (``dev`` like ``virtio0``)."""
 

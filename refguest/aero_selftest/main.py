@@ -1,57 +1,91 @@
-"""The selftest's main sequence: START, CONFIG, blk, input, snd, net (PROTOCOL.md section 2), RESULT.
+"""The selftest's main sequence: START, CONFIG, blk, input, snd, net, RESULT (docs/protocol.md).
+
+START is normally written by :mod:`early` before this module is imported; with serial noise asked for, the
+noise and then START are written here, once the configuration is known.
 
 Each device module's checks are isolated: an exception in one check becomes a FAIL marker for that check
 and the run continues.  A watchdog guarantees a RESULT line even if something blocks beyond every
 per-check timeout, so the host never waits for its global timeout.
+
+Exit status: 0 after RESULT, ``EXIT_WATCHDOG`` after the watchdog's RESULT; anything else means the process
+died before a RESULT line, and the image's /init writes ``RESULT|FAIL|reason=selftest_crashed`` for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import termios
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-from . import PROTOCOL_VERSION, blk, config, inputs, net, snd
-from .markers import Reporter, error_text, format_line, write_fd
+from . import PROTOCOL_VERSION, blk, config, early, inputs, net, snd
+from .markers import Reporter, error_text, format_line, write_all, write_bytes, write_console, write_fd
+from .pure import noise_binary, noise_line
 
 WATCHDOG_S = 400.0
-
-
-def _raw_output(fd: int) -> None:
-    """LF line ends on the serial port: clear OPOST so the tty does not turn LF into CRLF."""
-    try:
-        if os.isatty(fd):
-            attrs = termios.tcgetattr(fd)
-            attrs[1] &= ~termios.OPOST
-            termios.tcsetattr(fd, termios.TCSADRAIN, attrs)
-    except termios.error:
-        pass
+EXIT_WATCHDOG = 3
 
 
 def _start_watchdog(rep: Reporter, seconds: float) -> None:
     def fire() -> None:
         rep.emit(format_line("RESULT", {"reason": "watchdog", "after_s": int(seconds)}, ("FAIL",)))
-        os._exit(1)
+        os._exit(EXIT_WATCHDOG)
 
     t = threading.Timer(seconds, fire)
     t.daemon = True
     t.start()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    _raw_output(1)
-    rep = Reporter(write_fd(1))
+DRIVERS_TIMEOUT_S = 60.0
+
+
+def wait_for_drivers(environ: Mapping[str, str], timeout: float = DRIVERS_TIMEOUT_S) -> float:
+    """Wait until the image's background driver loader is done (``AERO_SELFTEST_DRIVERS``); returns seconds.
+
+    Its errors (``<path>.log``: failed insmods) go to stderr, i.e. the serial log, between markers.  After
+    ``timeout`` the checks run anyway and report what is missing.
+    """
+    prefix = environ.get(early.DRIVERS_ENV, "")
+    if not prefix:
+        return 0.0
     t0 = time.monotonic()
-    rep.emit(format_line("START", {"version": PROTOCOL_VERSION}))
+    done = Path(prefix + ".done")
+    while not done.exists() and time.monotonic() - t0 < timeout:
+        time.sleep(0.02)
+    with contextlib.suppress(OSError):
+        log = Path(prefix + ".log").read_text(errors="replace").strip()
+        if log:
+            sys.stderr.write(log + "\n")
+    return time.monotonic() - t0
+
+
+def write_noise(fd: int, cfg: config.Config) -> None:
+    """The serial-cost noise (``--noise-line-bytes``, ``--noise-binary-bytes``): serial port only."""
+    write_bytes(fd, noise_line(cfg.noise_line_bytes))
+    write_bytes(fd, noise_binary(cfg.noise_binary_bytes))
+
+
+def main(argv: Sequence[str] | None = None, started: bool = False, console_fd: int | None = None) -> int:
+    """Run every check; ``started``: START is out already; ``console_fd``: the console to mirror markers on."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    early.raw_output(1)
+    write = write_fd(1)
+    if console_fd is not None:
+        write = write_all(write, write_console(console_fd))
+    rep = Reporter(write)
+    t0 = time.monotonic()
     cfg = config.load(args, os.environ)
+    if not started:
+        write_noise(1, cfg)
+        rep.emit(format_line("START", {"version": PROTOCOL_VERSION}))
     rep.emit(format_line("CONFIG", config.config_fields(cfg)))
     if cfg.unknown:
         rep.info("selftest-config", unknown_args=",".join(cfg.unknown))
     _start_watchdog(rep, WATCHDOG_S)
+    wait_for_drivers(os.environ)
     steps: list[tuple[str, Callable[[Reporter, config.Config], None]]] = [
         ("blk", blk.run),
         ("input", inputs.run),
@@ -64,5 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # a bug outside any check's own guard: report it, keep going
             rep.fail(f"selftest-{label}", "exception", err=error_text(exc))
     rep.result()
-    sys.stderr.write(f"aero_selftest: done in {time.monotonic() - t0:.1f} s\n")
+    with contextlib.suppress(OSError):
+        sys.stderr.write(f"aero_selftest: done in {time.monotonic() - t0:.1f} s\n")
     return 0

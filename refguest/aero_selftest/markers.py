@@ -11,6 +11,8 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from .early import console_line
+
 PREFIX = "AERO_VIRTIO_SELFTEST"
 FINAL_STATUSES = frozenset({"PASS", "FAIL", "SKIP", "INFO"})
 STATUSES = FINAL_STATUSES | {"READY"}
@@ -79,6 +81,34 @@ def write_fd(fd: int) -> Callable[[str], None]:
             written += os.write(fd, data[written:])
 
     return write
+
+
+def write_console(fd: int, width: int = 80) -> Callable[[str], None]:
+    """A best-effort mirror on the VGA text console: one screen row per marker, a failed write is dropped
+    (the serial port is the protocol; the console only makes a screenshot show the progress)."""
+
+    def write(line: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, console_line(line, width))
+
+    return write
+
+
+def write_all(*writers: Callable[[str], None]) -> Callable[[str], None]:
+    """One writer that calls each of ``writers`` in turn (the serial port first)."""
+
+    def write(line: str) -> None:
+        for w in writers:
+            w(line)
+
+    return write
+
+
+def write_bytes(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (completing short writes), for output that is not a marker line."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class Reporter:

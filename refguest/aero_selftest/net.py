@@ -8,7 +8,6 @@ must make the check FAIL within seconds with a reason, never hang the run.
 from __future__ import annotations
 
 import array
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -22,6 +21,7 @@ from . import httpmini, irq, sysfs
 from .config import Config
 from .markers import Reporter, error_text
 from .pure import LARGE_FNV1A64, LARGE_SIZE, fnv1a64, mib_per_s, pattern_bytes
+from .record import asdict, record
 
 UDP_SMALL = 32
 UDP_MTU = 1400
@@ -179,7 +179,7 @@ def ethtool_value(iface: str, cmd: int) -> int:
     return int(buf[1])
 
 
-@dataclasses.dataclass
+@record
 class CsumCounts:
     tx_packets: int = 0
     tx_csum: int = 0
@@ -387,7 +387,7 @@ def check_offload(rep: Reporter, cfg: Config, st: NetState) -> None:
         rep.info(name, tx_offload=tx_feat, rx_offload=rx_feat, reason="capture_unavailable", err=error_text(exc))
         return
     fields = {
-        **dataclasses.asdict(counts),
+        **asdict(counts),
         "tx_offload": "on" if tx_feat else "off",
         "rx_offload": "on" if rx_feat else "off",
     }

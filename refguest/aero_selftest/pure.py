@@ -10,7 +10,7 @@ FNV64_PRIME = 0x100000001B3
 _MASK64 = (1 << 64) - 1
 
 LARGE_SIZE = 1024 * 1024
-LARGE_FNV1A64 = 0x8505AE4435522325  # FNV-1a 64 of bytes i % 256, i < 1 MiB (PROTOCOL.md section 4)
+LARGE_FNV1A64 = 0x8505AE4435522325  # FNV-1a 64 of bytes i % 256, i < 1 MiB (docs/protocol.md)
 
 
 def fnv1a64(data: bytes, h: int = FNV64_OFFSET) -> int:
@@ -66,3 +66,23 @@ def pcm_stats(pcm: bytes, threshold: int = 64) -> tuple[int, int, int]:
     loud = sum(1 for v in values if v > threshold or v < -threshold)
     peak = max(abs(v) for v in values)
     return n, loud, peak
+
+
+NOISE_FIRST = 0x21  # '!': the line is printable ASCII without spaces, so no marker can appear inside it
+NOISE_SPAN = 0x7E - NOISE_FIRST + 1
+
+
+def noise_line(n: int) -> bytes:
+    """``n`` printable bytes and one LF: a single line of ``n`` bytes (``--noise-line-bytes``)."""
+    if n <= 0:
+        return b""
+    cycle = bytes(range(NOISE_FIRST, NOISE_FIRST + NOISE_SPAN))
+    return (cycle * (n // NOISE_SPAN + 1))[:n] + b"\n"
+
+
+def noise_binary(n: int) -> bytes:
+    """``n`` bytes cycling through all 256 values (NUL, CR, LF, 0xFF, ...) and a closing LF, so the marker
+    after the burst starts on a line of its own (``--noise-binary-bytes``)."""
+    if n <= 0:
+        return b""
+    return pattern_bytes(n) + b"\n"

@@ -9,7 +9,6 @@ backend).  The negotiated formats come from /proc/asound/.../hw_params, sampled 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -20,6 +19,7 @@ from . import irq, sysfs
 from .config import Config
 from .markers import Reporter
 from .pure import pcm_stats, tone_pcm, wav_bytes
+from .record import record as record_class
 
 RATE = 48000
 CHANNELS = 2
@@ -40,7 +40,7 @@ NAMES = (
 )
 
 
-@dataclasses.dataclass
+@record_class
 class Card:
     dev: str  # virtioN
     index: int

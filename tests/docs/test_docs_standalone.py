@@ -1,7 +1,6 @@
-"""The repository stands alone: no file refers to team notes that are not part of it.
+"""The repository stands alone: no tracked file refers to team notes that are not part of it.
 
-Python files are not covered yet (some docstrings still cite the notes); drop ``SKIP_SUFFIXES`` once they are
-clean. The names are assembled at run time so this file does not match itself.
+The names are assembled at run time so this file does not match itself.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("PROTOCOL" + ".md", "REFENV" + "-NOTES", "LAYOUT" + ".md", ".." + "/shared")
-SKIP_SUFFIXES = (".py",)
 
 
 def _tracked_files() -> list[Path]:
@@ -27,7 +25,7 @@ def _tracked_files() -> list[Path]:
 def test_no_file_mentions_the_team_notes() -> None:
     hits = []
     for path in _tracked_files():
-        if path.suffix in SKIP_SUFFIXES or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text(encoding="utf-8")

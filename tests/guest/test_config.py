@@ -94,3 +94,25 @@ def test_config_fields_echo_effective_config() -> None:
     assert fields["http_url_large"] == DEFAULT_HTTP_URL + "-large"
     assert fields["flags"] == "test-blk-resize,test-net-link-flap"
     assert config.config_fields(merge([]))["flags"] == "none"
+
+
+def test_baked_args_alone_when_the_host_sends_none(tmp_path: Path) -> None:
+    """A baked image run with no fw_cfg file (--vm-provisioning=baked): the image's args are the config."""
+    image = tmp_path / "args"
+    image.write_text("--test-blk-resize --udp-port=4242 --http-url=http://10.0.2.2:9/baked\n")
+    cfg = config.load([], {}, image, tmp_path / "no-such-fw-cfg-file")
+    assert cfg.flags == {"test-blk-resize"}
+    assert (cfg.udp_port, cfg.http_url) == (4242, "http://10.0.2.2:9/baked")
+    assert cfg.sources == ("image",)
+    assert config.config_fields(cfg)["sources"] == "image"
+
+
+def test_noise_args_are_sizes_and_bad_ones_are_reported() -> None:
+    cfg = merge([("fw_cfg", ["--noise-line-bytes=1048576", "--noise-binary-bytes", "65536"])])
+    assert (cfg.noise_line_bytes, cfg.noise_binary_bytes) == (1048576, 65536)
+    fields = config.config_fields(cfg)
+    assert (fields["noise_line_bytes"], fields["noise_binary_bytes"]) == (1048576, 65536)
+    assert "noise_line_bytes" not in config.config_fields(merge([]))  # the CONFIG line is unchanged without
+    bad = merge([("argv", ["--noise-line-bytes=-1", "--noise-binary-bytes=lots", f"--noise-line-bytes={1 << 40}"])])
+    assert (bad.noise_line_bytes, bad.noise_binary_bytes) == (0, 0)
+    assert bad.unknown == (f"--noise-line-bytes={1 << 40}", "--noise-binary-bytes=lots")

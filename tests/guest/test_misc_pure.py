@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aero_selftest import blk, snd
 
 
@@ -31,3 +33,25 @@ def test_classify_error() -> None:
     assert snd.classify_error("aplay: main:831: audio open error: No such file or directory") == "device_missing"
     assert snd.classify_error("Device or resource busy") == "busy"
     assert snd.classify_error("???") == "error"
+
+
+def _sysfs_file(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_partitions_in_number_order_and_whole_disk_last(tmp_path: Path) -> None:
+    for name, number in (("vda10", 10), ("vda2", 2), ("vda1", 1)):
+        _sysfs_file(tmp_path / "vda" / name / "partition", f"{number}\n")
+    _sysfs_file(tmp_path / "vda" / "queue" / "rotational", "0\n")
+    parts = blk.partitions("vda", tmp_path)
+    assert parts == ["vda1", "vda2", "vda10"]
+    assert blk.disk_devices("vda", parts) == ["/dev/vda1", "/dev/vda2", "/dev/vda10", "/dev/vda"]
+    assert blk.partitions("vdb", tmp_path) == []
+
+
+def test_loop_backings(tmp_path: Path) -> None:
+    _sysfs_file(tmp_path / "loop0" / "loop" / "backing_file", "/dev/vda2\n")
+    (tmp_path / "loop1").mkdir()  # unbound: no loop/ directory
+    _sysfs_file(tmp_path / "vda" / "size", "1\n")
+    assert blk.loop_backings(tmp_path) == [("loop0", "/dev/vda2")]

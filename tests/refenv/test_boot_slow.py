@@ -78,6 +78,7 @@ def test_disk_boots_to_markers_and_powers_off(which: str, machine: str) -> None:
 
 
 def test_direct_kernel_boot() -> None:
+    """-kernel/-initrd/-append (--vm-direct-boot): the initrd still mounts /usr from the disk."""
     img = image.ensure_image(selftest_dir=PLACEHOLDER)
     argv = [
         str(SYSTEM_QEMU if SYSTEM_QEMU.exists() else _qemu_path("pinned")),
@@ -91,6 +92,10 @@ def test_direct_kernel_boot() -> None:
         "-no-reboot",
         "-serial",
         "stdio",
+        "-drive",
+        f"if=none,id=d0,file={img.disk},format=raw,snapshot=on",
+        "-device",
+        "virtio-blk-pci,drive=d0,disable-legacy=on",
         "-kernel",
         str(img.kernel),
         "-initrd",

@@ -1,4 +1,4 @@
-"""Pure parts of the image builder: cpio round trip, ELF reading, module order, rendered scripts."""
+"""Pure parts of the image builder: cpio round trip, ELF reading, module order, file selection."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aero_virtio.refenv import cpio, elf, image, kmod, qemu
+from pytest_aero_virtio.refenv import cpio, elf, kmod, qemu, rootfs
 
 
 def _archive(first_ino: int = 1) -> bytes:
@@ -101,38 +101,10 @@ def test_render_modules_dep_from_modinfo_names() -> None:
     assert kmod.load_order(kmod.parse_modules_dep(text), ["x"]) == ["b/y.ko", "a/x.ko"]
 
 
-def test_init_script_content() -> None:
-    text = image.render_init(["usr/lib/modules/v/a.ko", "usr/lib/modules/v/b.ko"])
-    lines = text.splitlines()
-    assert lines[0] == "#!/usr/bin/busybox sh"
-    assert lines.index(
-        "insmod /usr/lib/modules/v/a.ko || echo 'aero-init: insmod usr/lib/modules/v/a.ko failed'"
-    ) < next(i for i, s in enumerate(lines) if s.startswith("insmod /usr/lib/modules/v/b.ko"))
-    # modules before the console goes quiet, quiet before the selftest, drain before power-off
-    idx = {
-        key: next(i for i, s in enumerate(lines) if s.startswith(key))
-        for key in (
-            "insmod",
-            "dmesg -n 1",
-            "stty -F /dev/ttyS0 -opost",
-            "python3 -m aero_selftest",
-            "poweroff -f",
-        )
-    }
-    assert idx["insmod"] < idx["dmesg -n 1"] < idx["python3 -m aero_selftest"] < idx["poweroff -f"]
-    assert "AERO_VIRTIO_SELFTEST|RESULT|FAIL|reason=selftest_crashed" in text
-    assert "export PYTHONPATH=/opt/aero-selftest" in text
-
-
-def test_syslinux_cfg() -> None:
-    cfg = image.render_syslinux_cfg("console=ttyS0 quiet")
-    assert "APPEND console=ttyS0 quiet\n" in cfg and "TIMEOUT 0" in cfg and "INITRD initrd.img" in cfg
-
-
 def test_stdlib_filter() -> None:
-    assert image.stdlib_keep("json/__init__.py")
-    assert image.stdlib_keep("lib-dynload/_socket.cpython-313-x86_64-linux-gnu.so")
-    assert image.stdlib_keep("lib-dynload/termios.cpython-313-x86_64-linux-gnu.so")
+    assert rootfs.stdlib_keep("json/__init__.py")
+    assert rootfs.stdlib_keep("lib-dynload/_socket.cpython-313-x86_64-linux-gnu.so")
+    assert rootfs.stdlib_keep("lib-dynload/termios.cpython-313-x86_64-linux-gnu.so")
     for dropped in (
         "lib-dynload/_ssl.cpython-313-x86_64-linux-gnu.so",
         "lib-dynload/_hashlib.cpython-313-x86_64-linux-gnu.so",
@@ -143,7 +115,7 @@ def test_stdlib_filter() -> None:
         "lib-dynload/_sqlite3.cpython-313-x86_64-linux-gnu.so",
         "__pycache__/os.cpython-313.pyc",
     ):
-        assert not image.stdlib_keep(dropped), dropped
+        assert not rootfs.stdlib_keep(dropped), dropped
 
 
 def test_resolve_libs_reports_unresolvable(tmp_path: Path) -> None:
@@ -151,7 +123,7 @@ def test_resolve_libs_reports_unresolvable(tmp_path: Path) -> None:
     needs = elf.needed(data)
     if not needs:
         pytest.skip("static python")
-    libs, unresolved = image.resolve_libs({"py": data}, {})
+    libs, unresolved = rootfs.resolve_libs({"py": data}, {})
     assert libs == {} and unresolved == {"py": needs}
 
 
@@ -180,8 +152,3 @@ def test_strip_signature() -> None:
     assert kmod.strip_signature(body) == body
     with pytest.raises(ValueError):
         kmod.strip_signature(b"\0" * 8 + (999).to_bytes(4, "big") + kmod.SIG_MAGIC)
-
-
-def test_sitecustomize_is_valid_python_and_init_disables_hash_seed_read() -> None:
-    compile(image.SITECUSTOMIZE, "sitecustomize.py", "exec")
-    assert "PYTHONHASHSEED=0" in image.render_init([])
