@@ -29,3 +29,8 @@ def wait_gone(marker: str, timeout: float) -> list[int]:
         time.sleep(0.1)
         left = qemu_pids_with(marker)
     return left
+
+
+#: A boot sector that loops forever (``jmp $``) with the boot signature: a disk that boots and prints nothing
+#: (a guest the plugin was not written for: hung at boot, a blank screen).
+HANGING_BOOT_SECTOR = b"\xeb\xfe" + b"\0" * 508 + b"\x55\xaa"

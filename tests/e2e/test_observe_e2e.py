@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from aero_e2e_procs import qemu_pids_with
+from aero_e2e_procs import HANGING_BOOT_SECTOR, qemu_pids_with
 
 pytestmark = pytest.mark.slow
 
@@ -111,11 +111,11 @@ def page_screenshot(report: Path, out: Path) -> Path:
 
 
 def test_silent_foreign_guest_leaves_a_screenshot_per_vm(pytester: pytest.Pytester, artifacts: Path) -> None:
-    """A guest that never prints (a blank disk: the firmware finds nothing to boot) on two VMs, one per xdist
+    """A guest that never prints (a disk whose boot sector only loops: a hung guest) on two VMs, one per xdist
     worker: each failure names its VM's screenshot, JUnit (written by the controller) attaches it, the workers
     print progress lines while the tests wait, and the HTML report shows the screenshots in a real browser."""
     blank = pytester.path / "blank.img"
-    blank.write_bytes(b"\0" * (1 << 20))
+    blank.write_bytes(HANGING_BOOT_SECTOR + b"\0" * ((1 << 20) - 512))
     junit, report = pytester.path / "junit.xml", pytester.path / "report.html"
     res = _run(
         pytester, TWO_VMS, *_named(artifacts), f"--vm-image={blank}", "--vm-silence-timeout=32",

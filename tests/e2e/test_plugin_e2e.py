@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from aero_e2e_procs import qemu_pids_with, wait_gone
+from aero_e2e_procs import HANGING_BOOT_SECTOR, qemu_pids_with, wait_gone
 
 pytestmark = pytest.mark.slow
 
-#: A boot sector that loops forever (``jmp $``) with the boot signature: a disk that boots and prints nothing.
-HANGING_BOOT_SECTOR = b"\xeb\xfe" + b"\0" * 508 + b"\x55\xaa"
 
 RESULT_TEST = """
 import pytest
