@@ -147,8 +147,20 @@ def dominant_frequency(mono: list[float], rate: int, size: int = FFT_SIZE) -> fl
     return (k + shift) * rate / n
 
 
-def analyse_bytes(data: bytes) -> WavFigures:
-    """Figures for the bytes of a WAV file (pure). Never raises for bad content: see ``error``."""
+@dataclass(frozen=True)
+class _Pcm:
+    """The parts of a WAV file the figures need: its format and its sample bytes."""
+
+    tag: int
+    channels: int
+    rate: int
+    bits: int
+    data: bytes
+    complete: bool
+
+
+def _chunks(data: bytes) -> _Pcm | WavFigures:
+    """Walk the RIFF chunks: the fmt and data chunks, or the figures of a broken file (never raises)."""
     if len(data) < 12:
         if not data:
             # Measured: QEMU killed before its stdio buffer was flushed leaves a 0-byte file.
@@ -157,10 +169,7 @@ def analyse_bytes(data: bytes) -> WavFigures:
     if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         return _broken("not a RIFF/WAVE file")
     riff_size = struct.unpack("<I", data[4:8])[0]
-    pos = 12
-    fmt: tuple[int, int, int, int] | None = None
-    pcm: bytes | None = None
-    complete = riff_size != 0
+    pos, fmt, pcm, complete = 12, None, None, riff_size != 0
     while pos + 8 <= len(data):
         cid = data[pos : pos + 4]
         (size,) = struct.unpack("<I", data[pos + 4 : pos + 8])
@@ -171,13 +180,10 @@ def analyse_bytes(data: bytes) -> WavFigures:
             tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", data[body : body + 16])
             fmt = (tag, channels, rate, bits)
         elif cid == b"data":
-            if (size == 0 and riff_size == 0) or body + size > len(data):
-                # QEMU's placeholder header (RIFF and data sizes 0: unclean exit) or a cut file:
-                # take what is there.
-                complete = False
-                pcm = data[body:]
-            else:
-                pcm = data[body : body + size]
+            # QEMU's placeholder header (RIFF and data sizes 0: unclean exit) or a cut file: take what is there.
+            cut = (size == 0 and riff_size == 0) or body + size > len(data)
+            complete = complete and not cut
+            pcm = data[body:] if cut else data[body : body + size]
             break
         pos = body + size + (size & 1)
     if fmt is None:
@@ -187,12 +193,20 @@ def analyse_bytes(data: bytes) -> WavFigures:
         return _broken(f"unsupported WAV encoding (format tag {tag}, {bits} bits, {channels} channels)", complete)
     if pcm is None:
         return _broken("no data chunk", complete)
-    width = bits // 8
-    samples = _samples(pcm, width)
+    return _Pcm(tag, channels, rate, bits, pcm, complete)
+
+
+def analyse_bytes(data: bytes) -> WavFigures:
+    """Figures for the bytes of a WAV file (pure). Never raises for bad content: see ``error``."""
+    pcm = _chunks(data)
+    if isinstance(pcm, WavFigures):
+        return pcm
+    rate, channels, width = pcm.rate, pcm.channels, pcm.bits // 8
+    samples = _samples(pcm.data, width)
     frames = len(samples) // channels
     samples = samples[: frames * channels]
     if frames == 0:
-        return WavFigures(0, rate, channels, width, 0.0, 0.0, None, 0.0, complete)
+        return WavFigures(0, rate, channels, width, 0.0, 0.0, None, 0.0, pcm.complete)
     mono = (
         samples
         if channels == 1
@@ -215,7 +229,7 @@ def analyse_bytes(data: bytes) -> WavFigures:
         size = FFT_SIZE if span >= FFT_SIZE else span
         start = first + max(0, (span - size) // 2)
         dominant = dominant_frequency(mono[start : start + size], rate)
-    return WavFigures(frames, rate, channels, width, rms, peak, dominant, min(audible_s, frames / rate), complete)
+    return WavFigures(frames, rate, channels, width, rms, peak, dominant, min(audible_s, frames / rate), pcm.complete)
 
 
 def analyse_wav(path: Path) -> WavFigures:

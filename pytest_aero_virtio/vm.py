@@ -125,11 +125,9 @@ class VmHandle(VmBase):
         prefix = "" if WORKER == "main" else f"{WORKER}-"
         self.artifacts = ArtifactDir(settings.options.artifacts_dir, f"{prefix}{planned.id}")
         self.stream = MarkerStream(log_paths=self.artifacts.paths())
-        self.stream.subscribe(self._write_host_marker)
-        self.stream.subscribe(self._check_config)
         self.story = StoryLog(planned.id)
-        self.stream.subscribe(self.story)
-        self.stream.subscribe(self._screen_at_result)
+        for subscriber in (self._write_host_marker, self._check_config, self.story, self._screen_at_result):
+            self.stream.subscribe(subscriber)
         #: Where a person reaches this VM (--vm-keep-on-failure, --pdb); None otherwise.
         self.attach = AttachPoint() if settings.attachable else None
         #: Set when a test of this VM failed under --vm-keep-on-failure: the stop waits for the person.
@@ -150,11 +148,17 @@ class VmHandle(VmBase):
         self._port_locks = PortLocks(
             (settings.options.http_port, settings.options.udp_port), settings.options.timeout_s
         )
+        self.session = self._session(follow)
+        self.started_at = 0.0
+        self.deadline = 0.0
+
+    def _session(self, follow: Callable[[str], None] | None) -> VmSession:
+        """The session, with the READY-to-QMP path wired once: one QMP channel for the reactions and QEMU."""
         qmp = QmpChannel(self.artifacts.name, self.artifacts.qmp)
         ctx = ActionContext(
-            qmp=qmp, stream=self.stream, vm=self.config, caps=caps, blk_resize_delta=settings.blk_resize_delta
+            qmp=qmp, stream=self.stream, vm=self.config, caps=self.caps, blk_resize_delta=self.settings.blk_resize_delta
         )
-        self.session = VmSession(
+        return VmSession(
             self._argv,
             artifacts=self.artifacts,
             stream=self.stream,
@@ -162,12 +166,10 @@ class VmHandle(VmBase):
             services=self.services,
             reactions=Reactor(ctx, vm_reactions(self.config)),
             follow_serial=follow,
-            silence_timeout=settings.silence_timeout_s,
+            silence_timeout=self.settings.silence_timeout_s,
             name=self.artifacts.name,
-            silence_warn=self._warn_silence if say is not None else None,
+            silence_warn=self._warn_silence if self.say is not None else None,
         )
-        self.started_at = 0.0
-        self.deadline = 0.0
 
     def __repr__(self) -> str:
         return f"<VmHandle {self.planned.id} {self.planned.devices()} {self.session.state.value}>"

@@ -110,7 +110,15 @@ def test_design_page_names_only_modules_and_classes_that_exist() -> None:
     missing = []
     for name in sorted(cited):
         if re.fullmatch(r"[\w/]+\.py", name):
-            candidates = [PACKAGE / name, REPO / name, PACKAGE / "qemu" / name, PACKAGE / "actions" / name]
+            dirs = [
+                PACKAGE,
+                REPO,
+                PACKAGE / "qemu",
+                PACKAGE / "actions",
+                PACKAGE / "refenv",
+                REPO / "refguest/aero_selftest",
+            ]
+            candidates = [d / name for d in dirs]
             if not any(c.exists() for c in candidates):
                 missing.append(name)
         elif re.fullmatch(r"[A-Z][a-z0-9]+(?:[A-Z][A-Za-z0-9]*)+(?:\.\w+)?", name) and (
