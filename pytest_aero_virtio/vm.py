@@ -178,14 +178,14 @@ class VmHandle(VmBase):
         return self.services.http_port, self.services.udp_port
 
     # -- lifecycle ------------------------------------------------------------------------------------------
-    def _argv(self, serial_fd: int, qmp_fd: int) -> list[str]:
+    def _argv(self, qmp_fd: int) -> list[str]:
         rt = runtime_paths(
             self.settings,
             self.config,
             accel=self.accel,
             http_port=self.services.http_port,
             udp_port=self.services.udp_port,
-            serial=serial_fd,
+            serial="pipe",
             qmp=qmp_fd,
             wav_path=self.wav_path,
             overlay=self.overlay,

@@ -102,8 +102,10 @@ class UnixSocket:
 class RuntimePaths:
     """What only exists once the machine layer prepared a launch (fds, temp files), plus resolved facts.
 
-    * ``serial`` - an fd of a connected stream socket QEMU inherits (``-chardev socket,fd=N``), a
-      :class:`UnixSocket` QEMU listens on (a command a person can paste and run), or ``"stdio"`` (bare runs).
+    * ``serial`` - ``"pipe"``: QEMU's own stdin and stdout, which the harness wires to pipes (``-chardev
+      stdio,signal=off``; a pipe gathers QEMU's one-byte writes where a socket keeps each as a buffer of its
+      own); a :class:`UnixSocket` QEMU listens on (a command a person can paste and run); an fd of a
+      connected stream socket QEMU inherits (``-chardev socket,fd=N``); or ``"stdio"`` (bare runs).
     * ``qmp`` - an fd of a connected socket for QMP (``-chardev socket,fd=N -mon ...,mode=control``), a
       :class:`UnixSocket`, or None.
     * ``wav_path`` - where the wav audio backend writes (needed when the VM has sound with audio ``wav``).
@@ -117,7 +119,7 @@ class RuntimePaths:
     * ``vnc`` - a ``-vnc`` value (``127.0.0.1:0,to=99``: the first free display), for the same person.
     """
 
-    serial: int | UnixSocket | Literal["stdio"]
+    serial: int | UnixSocket | Literal["stdio", "pipe"]
     qmp: int | UnixSocket | None
     wav_path: Path | None = None
     guest_args: str = ""
@@ -349,6 +351,13 @@ def _chardev_args(rt: RuntimePaths) -> list[str]:
     argv: list[str] = []
     if rt.serial == "stdio":
         argv += ["-serial", "stdio"]
+    elif rt.serial == "pipe":
+        argv += [
+            "-chardev",
+            f"stdio,id={ids['serial_chardev']},signal=off",
+            "-serial",
+            f"chardev:{ids['serial_chardev']}",
+        ]
     else:
         argv += ["-chardev", _chardev(rt.serial, ids["serial_chardev"]), "-serial", f"chardev:{ids['serial_chardev']}"]
     if rt.qmp is not None:

@@ -214,18 +214,26 @@ class QemuProcess:
         return self._popen.returncode if self._popen is not None and self.exited else None
 
     def spawn(
-        self, argv: Sequence[str], *, stdout: IO[bytes], pass_fds: Sequence[int], env: Mapping[str, str] | None
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: int,
+        stdout: int,
+        stderr: IO[bytes],
+        pass_fds: Sequence[int],
+        env: Mapping[str, str] | None,
     ) -> None:
-        """Start QEMU. Raises QEMU_NOT_FOUND (a usage error) when the binary cannot be executed."""
+        """Start QEMU with ``stdin``/``stdout`` (the console's pipes) and ``stderr`` (its log). Raises
+        QEMU_NOT_FOUND (a usage error) when the binary cannot be executed."""
         _check_binary(argv[0])
         self._exited_async = asyncio.Event()
         with _LIVE_LOCK:
             try:
                 self._popen = subprocess.Popen(
                     list(argv),
-                    stdin=subprocess.DEVNULL,
+                    stdin=stdin,
                     stdout=stdout,
-                    stderr=subprocess.STDOUT,
+                    stderr=stderr,
                     pass_fds=tuple(pass_fds),
                     start_new_session=True,
                     preexec_fn=child_setup(os.getpid()),

@@ -10,8 +10,9 @@ react in real time lives there: the serial reader, the QMP client, the host serv
 READY lines, the silence watch and the watcher that notices the instant QEMU exits. Test threads reach it
 only through :meth:`VmSession.start`, :meth:`VmSession.stop` and :meth:`VmSession.qmp`, with timeouts.
 
-Launching follows QEMU's own ``QEMUMachine``: no shell, and QMP and the console are each one end of a
-``socket.socketpair()`` handed to QEMU as ``-chardev socket,fd=N``: no listening socket, no path in the file
+Launching follows QEMU's own ``QEMUMachine``: no shell; QMP is one end of a ``socket.socketpair()`` handed to
+QEMU as ``-chardev socket,fd=N``, and the console is QEMU's stdin and stdout, two pipes (a pipe merges QEMU's
+one-byte console writes, which a socket would keep one buffer each): no listening socket, no path in the file
 system, nothing to collide with under pytest-xdist. Stopping is a ladder: reactions cancelled, QMP ``quit``,
 wait, SIGTERM, wait, SIGKILL, wait; then the stream is closed with the reason, QMP and the services.
 """
@@ -47,7 +48,7 @@ from .lifecycle import (
 from .loop import LoopThread
 from .process import QemuProcess, describe_status, read_tail
 from .qmp import QmpChannel
-from .serial import SerialReader
+from .serial import ConsolePipes, SerialReader
 from .watchdog import SilenceWatch, silence_failure, warn_after
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ _SERIAL_DRAIN_S = 0.5
 HARNESS_PREFIX = "[aero-harness]"
 
 
-ArgvFactory = Callable[[int, int], Sequence[str]]
+ArgvFactory = Callable[[int], Sequence[str]]
 DEFAULT_STOP = StopTimeouts()
 
 
@@ -73,7 +74,8 @@ class VmSession:
     """One VM. Construct, :meth:`start` (returns once QMP is negotiated), use :attr:`stream` and :meth:`qmp`,
     and always :meth:`stop` (idempotent, never raises for an already-dead QEMU; also a context manager).
 
-    ``argv_factory(serial_fd, qmp_fd)`` returns QEMU's argv using the two inherited descriptors.
+    ``argv_factory(qmp_fd)`` returns QEMU's argv: the QMP monitor on that inherited descriptor, the console on
+    QEMU's own stdio (``-chardev stdio``), which the session wires to pipes.
     ``qmp`` is the channel the reactions were built with (one is made when not given). ``env`` entries are
     added to the harness's environment. ``silence_timeout``: if the console stays silent that long (any quiet
     stretch before RESULT), the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until
@@ -121,6 +123,7 @@ class VmSession:
         self._t0 = time.monotonic()
         self._loop_thread = LoopThread(f"aero-vm-{self.name}")
         self._sockets: list[socket.socket] = []
+        self._console: ConsolePipes | None = None
         self._files: list[IO[Any]] = []
         self._stderr_log: IO[bytes] | None = None
         self._serial: SerialReader | None = None
@@ -278,9 +281,10 @@ class VmSession:
         return self._loop_thread
 
     @property
-    def console(self) -> tuple[socket.socket, SerialReader] | None:
-        """Our end of the console socketpair and its reader while QEMU runs (the attach point taps both)."""
-        return (self._sockets[0], self._serial) if self._serial is not None and self._sockets else None
+    def console(self) -> tuple[int, SerialReader] | None:
+        """The console while QEMU runs: our end of its stdin pipe (non-blocking) and the reader of its output
+        (the attach point relays both)."""
+        return (self._console.input, self._serial) if self._serial is not None and self._console is not None else None
 
     def wait_exit(self, timeout: float) -> int | None:
         """Wait until QEMU exits by itself (e.g. the guest powers off after RESULT); its status or None."""
@@ -316,29 +320,33 @@ class VmSession:
             self.stream.subscribe(self.reactions.on_marker)
 
     def _spawn_qemu(self, serial_log: IO[bytes]) -> socket.socket:
-        """Fork QEMU (on this, the loop thread: the parent-death signal is tied to it) with our socketpairs;
-        start draining the console and watching for the exit. Returns our end of the QMP socketpair."""
+        """Fork QEMU (on this, the loop thread: the parent-death signal is tied to it): its console on its
+        stdin/stdout pipes, QMP on a socketpair; start draining the console and watching for the exit.
+        Returns our end of the QMP socketpair."""
         loop = asyncio.get_running_loop()
-        serial_ours, serial_theirs = socket.socketpair()
+        pipes = self._console = ConsolePipes()
         qmp_ours, qmp_theirs = socket.socketpair()
-        self._sockets += [serial_ours, qmp_ours]
+        self._sockets.append(qmp_ours)
         try:
-            self.argv = [str(a) for a in self._argv_factory(serial_theirs.fileno(), qmp_theirs.fileno())]
+            self.argv = [str(a) for a in self._argv_factory(qmp_theirs.fileno())]
             self.artifacts.argv.write_text(shlex.join(self.argv) + "\n")
             if not self.argv:
                 raise AeroConfigError("the QEMU command line is empty", "this is a harness bug; report it")
             env = {**os.environ, **self._env} if self._env is not None else None
             self._t0 = time.monotonic()
             assert self._stderr_log is not None
-            fds = (serial_theirs.fileno(), qmp_theirs.fileno(), *self.extra_fds)
-            self.process.spawn(self.argv, stdout=self._stderr_log, pass_fds=fds, env=env)
+            fds = (qmp_theirs.fileno(), *self.extra_fds)
+            stdio = {"stdin": pipes.qemu_stdin, "stdout": pipes.qemu_stdout}
+            self.process.spawn(self.argv, **stdio, stderr=self._stderr_log, pass_fds=fds, env=env)
+        except BaseException:
+            os.close(pipes.output)
+            raise
         finally:
-            # QEMU holds its own copies now; ours must go, or EOF would never be seen when QEMU exits.
-            serial_theirs.close()
+            pipes.close_qemu_ends()
             qmp_theirs.close()
         self.process.watch_exit(loop, self._on_exit)
         self._serial = SerialReader(serial_log, self._on_serial_line)
-        self._serial.start(serial_ours, self.name)
+        self._serial.start(pipes.output, self.name)
         if self._silence_timeout is not None:
             warn = warn_after(self._silence_timeout) if self._silence_warn else None
             self.silence = SilenceWatch(
@@ -491,6 +499,8 @@ class VmSession:
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.close()
+        if self._console is not None:
+            self._console.close()
 
     def _close_files(self) -> None:
         for fh in self._files:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +49,22 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def guest_args(http_port: int, udp_port: int, http_path: str = DEFAULT_HTTP_PATH, no_capture: bool = False) -> str:
-    """The fw_cfg ``opt/aero/args`` string: where the host services are, and whether to skip capture.
+def guest_args(
+    http_port: int,
+    udp_port: int,
+    http_path: str = DEFAULT_HTTP_PATH,
+    no_capture: bool = False,
+    extra: Sequence[str] = (),
+) -> str:
+    """The fw_cfg ``opt/aero/args`` string: where the host services are, whether to skip capture, and any
+    ``extra`` guest arguments (``--noise-line-bytes=N`` for the serial-cost benchmark).
 
     QEMU's wav audio backend records playback but has no input (capture fails with EIO in the guest), so a
     run with ``-audiodev wav`` tells the guest ``--disable-snd-capture``.
     """
-    args = f"--http-url=http://10.0.2.2:{http_port}{http_path} --udp-port={udp_port}"
-    return args + (" --disable-snd-capture" if no_capture else "")
+    args = [f"--http-url=http://10.0.2.2:{http_port}{http_path}", f"--udp-port={udp_port}"]
+    args += ["--disable-snd-capture"] if no_capture else []
+    return shlex.join([*args, *extra])
 
 
 def _handler(path: str, body: bytes, etag: str) -> type[http.server.BaseHTTPRequestHandler]:
@@ -155,6 +165,7 @@ def bare_argv(
     wav: Path | None = None,
     memory_mib: int = 512,
     audio: AudioBackend = "wav",
+    extra_guest_args: Sequence[str] = (),
 ) -> list[str]:
     """The plain command line: default devices, sound if the QEMU has it (``snd=None``), serial stdio."""
     with_snd = caps.has_device("virtio-sound-pci") if snd is None else snd
@@ -171,7 +182,7 @@ def bare_argv(
         serial="stdio",
         qmp=None,
         wav_path=(wav or overlay.with_name("bare.wav")) if with_snd and audio == "wav" else None,
-        guest_args=guest_args(http_port, udp_port, no_capture=with_snd and audio == "wav"),
+        guest_args=guest_args(http_port, udp_port, no_capture=with_snd and audio == "wav", extra=extra_guest_args),
         accel="tcg",
         image_format="raw",
         overlay=overlay,
@@ -187,6 +198,7 @@ def run_bare(
     udp_port: int = DEFAULT_UDP_PORT,
     snd: bool | None = None,
     audio: AudioBackend = "wav",
+    extra_guest_args: Sequence[str] = (),
 ) -> int:
     """Print the command line; with ``run``, serve, boot, stream the serial port and return QEMU's status.
 
@@ -196,7 +208,9 @@ def run_bare(
     tmp = Path(tempfile.mkdtemp(prefix="aero-bare-"))
     overlay = tmp / "overlay.qcow2"
     prepare_overlay(disk, overlay)
-    argv = bare_argv(qemu, disk, caps, overlay, http_port, udp_port, snd, audio=audio)
+    argv = bare_argv(
+        qemu, disk, caps, overlay, http_port, udp_port, snd, audio=audio, extra_guest_args=extra_guest_args
+    )
     if not run:
         print(format_argv(argv))
         return 0

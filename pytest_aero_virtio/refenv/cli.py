@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
         "--baked-args",
         default="",
         metavar="ARGS",
-        help="guest args baked into the image (/etc/aero-selftest/args), e.g. \"--test-blk-resize\": the "
+        help='guest args baked into the image (/etc/aero-selftest/args), e.g. "--test-blk-resize": the '
         "guest runs with them when the host sends none (pytest --vm-provisioning=baked)",
     )
     c = sub.add_parser("clean", help="delete cache entries the current code no longer uses (old builds)")
@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=("wav", "none"),
         default="wav",
         help="wav: record playback to a file (the guest skips capture); none: capture works (silence)",
+    )
+    r.add_argument(
+        "--guest-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra guest argument sent through fw_cfg, e.g. --guest-arg=--noise-line-bytes=1048576 (repeatable)",
     )
     r.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
     r.add_argument("--udp-port", type=int, default=DEFAULT_UDP_PORT)
@@ -84,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             qemu = args.qemu or ensure_qemu()
             disk = args.image or ensure_image().disk
-            return run_bare(qemu, disk, args.run, args.http_port, args.udp_port, False if args.no_snd else None)
+            snd = False if args.no_snd else None
+            return run_bare(
+                qemu, disk, args.run, args.http_port, args.udp_port, snd, args.audio, extra_guest_args=args.guest_arg
+            )
     except (debs.AptError, QemuProvisionError, ImageBuildError, OSError) as exc:
         print(f"aero-virtio-refenv: error: {exc}", file=sys.stderr)
         return 2

@@ -146,9 +146,7 @@ def ensure_image(
 
     selftest = selftest_dir or default_selftest_dir()
     guest_key = stable_key([*_files_digest(selftest), ("args", baked_args), ("base", base_key)])
-    guest = ensure_entry(
-        root, "guest", guest_key, lambda tmp, _f: _build_guest(tmp, selftest, baked_args, base)
-    )
+    guest = ensure_entry(root, "guest", guest_key, lambda tmp, _f: _build_guest(tmp, selftest, baked_args, base))
 
     image_key = stable_key(
         [

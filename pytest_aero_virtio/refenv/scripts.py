@@ -55,7 +55,8 @@ BOOT_PARAMS = (
     "no_timer_check",
     "noapictimer",
     "cryptomgr.notests",
-    "initcall_blacklist=" + ",".join(
+    "initcall_blacklist="
+    + ",".join(
         (
             "crypto_kdf108_init",
             "jent_mod_init",

@@ -23,7 +23,6 @@ import contextlib
 import os
 import select
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,17 +61,18 @@ class AttachPoint:
         self.console_path = self.dir / "console.sock"
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.StreamWriter] = set()
-        self._sock: socket.socket | None = None
+        self._input: int | None = None
 
     def runtime(self) -> dict[str, Any]:
         """The :class:`~pytest_aero_virtio.qemu.argv.RuntimePaths` fields that give QEMU the monitor and VNC."""
         return {"attach_qmp": UnixSocket(self.qmp_path), "vnc": VNC}
 
-    async def start(self, console: tuple[socket.socket, SerialReader] | None) -> None:
-        """Listen on ``console.sock`` and relay the guest's console both ways (on the VM loop)."""
+    async def start(self, console: tuple[int, SerialReader] | None) -> None:
+        """Listen on ``console.sock`` and relay the guest's console both ways (on the VM loop): QEMU's output
+        from the reader's taps, what a person types into QEMU's stdin (``console[0]``, non-blocking)."""
         if console is None:
             return
-        self._sock, reader = console
+        self._input, reader = console
         reader.taps.append(self._relay)
         self._server = await asyncio.start_unix_server(self._client, path=str(self.console_path))
 
@@ -87,8 +87,8 @@ class AttachPoint:
         loop = asyncio.get_running_loop()
         try:
             while data := await reader.read(4096):
-                if self._sock is not None:
-                    await loop.sock_sendall(self._sock, data)
+                if self._input is not None:
+                    await _write_all(loop, self._input, data)
         except OSError:
             pass
         finally:
@@ -105,6 +105,16 @@ class AttachPoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def _write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+    """Write to a non-blocking pipe on the loop; while it is full (the guest is not reading), wait a little."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
 
 
 def attach_lines(name: str, point: AttachPoint, vnc_port: int | None, screenshot: Path | None) -> list[str]:

@@ -84,13 +84,13 @@ class StandInStream:
             return self.closed
 
 
-def fake_argv(serial_fd: int, qmp_fd: int) -> list[str]:
-    """The fds wired exactly the way qemu/argv.py does it."""
+def fake_argv(qmp_fd: int) -> list[str]:
+    """Wired exactly the way qemu/argv.py does it: the console on QEMU's stdio, QMP on an inherited socket."""
     return [
         sys.executable,
         str(FAKE_QEMU),
         "-chardev",
-        f"socket,id=ser0,fd={serial_fd}",
+        "stdio,id=ser0,signal=off",
         "-serial",
         "chardev:ser0",
         "-chardev",

@@ -38,14 +38,14 @@ DEFAULT_SCRIPT: list[tuple[float, str]] = [
 
 
 def parse_fds(argv: list[str]) -> tuple[int | None, int | None]:
-    """(serial fd, qmp fd) from ``-chardev socket,...,fd=N`` wired to ``-serial`` / ``-mon``."""
+    """(serial fd, qmp fd) from ``-chardev socket,...,fd=N`` (or ``stdio``: fd 1) wired to ``-serial``/``-mon``."""
     chardev_fd: dict[str, int] = {}
     serial_id = qmp_id = None
     for opt, val in itertools.pairwise(argv):
-        if opt == "-chardev" and val.startswith("socket,"):
+        if opt == "-chardev" and val.startswith(("socket,", "stdio,")):
             kv = dict(p.split("=", 1) for p in val.split(",")[1:] if "=" in p)
-            if "id" in kv and "fd" in kv:
-                chardev_fd[kv["id"]] = int(kv["fd"])
+            if "id" in kv and ("fd" in kv or val.startswith("stdio,")):
+                chardev_fd[kv["id"]] = int(kv.get("fd", 1))
         elif opt == "-serial" and val.startswith("chardev:"):
             serial_id = val.split(":", 1)[1]
         elif opt == "-mon":
@@ -139,21 +139,25 @@ def main() -> None:
     sys.stderr.write("fake qemu: started\n")
     sys.stderr.flush()
     qmp = socket.socket(fileno=qmp_fd)
-    serial = socket.socket(fileno=serial_fd)
+    def serial_write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(serial_fd, view) :]
+
     threading.Thread(target=serve_qmp, args=(qmp, mode), daemon=True).start()
 
     if mode == "flood":
         chunk = b"x" * 4095 + b"\n"
         deadline = time.monotonic() + float(os.environ.get("FAKE_QEMU_FLOOD_S", "1.0"))
         while time.monotonic() < deadline:
-            serial.sendall(chunk)
-        serial.sendall(b"AERO_VIRTIO_SELFTEST|RESULT|PASS\n")
+            serial_write(chunk)
+        serial_write(b"AERO_VIRTIO_SELFTEST|RESULT|PASS\n")
     elif mode != "silent":
         raw = os.environ.get("FAKE_QEMU_SERIAL")
         script = json.loads(raw) if raw is not None else DEFAULT_SCRIPT
         for delay, text in script:
             time.sleep(delay)
-            serial.sendall(text.encode())
+            serial_write(text.encode())
     if mode == "poweroff":
         os._exit(0)
     if mode == "crash":

@@ -173,7 +173,7 @@ def test_qemu_exits_at_start_with_stderr(tmp_path: Path, stream: StandInStream) 
 
 def test_missing_binary(tmp_path: Path, stream: StandInStream) -> None:
     session = VmSession(
-        lambda s, q: ["/nonexistent/qemu-system-x86_64", "-S"],
+        lambda q: ["/nonexistent/qemu-system-x86_64", "-S"],
         artifacts=ArtifactDir(tmp_path, "vm"),
         stream=stream,
     )
@@ -184,7 +184,7 @@ def test_missing_binary(tmp_path: Path, stream: StandInStream) -> None:
     assert ei.value.fix and "--qemu-system" in ei.value.fix
     assert session.pid is None
     assert session.stop() == "not-started"
-    s2 = VmSession(lambda s, q: ["no-such-qemu-xyz"], artifacts=ArtifactDir(tmp_path, "vm"), stream=StandInStream())
+    s2 = VmSession(lambda q: ["no-such-qemu-xyz"], artifacts=ArtifactDir(tmp_path, "vm"), stream=StandInStream())
     with pytest.raises(AeroConfigError, match="not found on PATH"):
         s2.start()
 
@@ -240,9 +240,9 @@ def test_services_start_before_qemu_and_stop_after(tmp_path: Path, stream: Stand
         async def stop(self) -> None:
             events.append(f"services.stop alive={session.alive}")
 
-    def argv(s: int, q: int) -> list[str]:
+    def argv(q: int) -> list[str]:
         events.append("argv")
-        return fake_argv(s, q)
+        return fake_argv(q)
 
     services: Any = Services()
     session = VmSession(

@@ -25,14 +25,14 @@ pytestmark = [
 ]
 
 
-def bare_argv(serial_fd: int, qmp_fd: int) -> list[str]:
+def bare_argv(qmp_fd: int) -> list[str]:
     return [
         QEMU,
         "-machine", "q35",
         "-accel", "tcg",
         "-nodefaults",
         "-display", "none",
-        "-chardev", f"socket,id=ser0,fd={serial_fd}",
+        "-chardev", "stdio,id=ser0,signal=off",
         "-serial", "chardev:ser0",
         "-chardev", f"socket,id=qmp0,fd={qmp_fd}",
         "-mon", "chardev=qmp0,mode=control",
@@ -76,8 +76,8 @@ def test_real_qemu_quits_on_stop(tmp_path: Path) -> None:
 
 
 def test_real_qemu_bad_property_fails_start_with_stderr(tmp_path: Path) -> None:
-    def argv(s: int, q: int) -> list[str]:
-        return [*bare_argv(s, q), "-device", "virtio-blk-pci,x-pci-revision=1"]
+    def argv(q: int) -> list[str]:
+        return [*bare_argv(q), "-device", "virtio-blk-pci,x-pci-revision=1"]
 
     session = VmSession(argv, artifacts=ArtifactDir(tmp_path, "real"), stream=MarkerStream())
     with pytest.raises(AeroError) as ei:

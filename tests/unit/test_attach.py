@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import socket
 import stat
 import threading
 from pathlib import Path
@@ -28,11 +27,11 @@ def test_console_relay_both_ways_in_a_private_directory() -> None:
     point = AttachPoint()
     try:
         assert stat.S_IMODE(point.dir.stat().st_mode) == 0o700
-        ours, qemu = socket.socketpair()
+        qemu_stdin, ours = os.pipe()  # what the person types goes into QEMU's stdin
+        os.set_blocking(ours, False)
         reader = _Reader()
 
         async def scenario() -> tuple[bytes, bytes]:
-            ours.setblocking(False)
             await point.start((ours, reader))  # type: ignore[arg-type]
             client_r, client_w = await asyncio.open_unix_connection(str(point.console_path))
             await asyncio.sleep(0.05)  # the server has registered the client
@@ -41,16 +40,14 @@ def test_console_relay_both_ways_in_a_private_directory() -> None:
             seen = await asyncio.wait_for(client_r.readexactly(7), 5)
             client_w.write(b"root\n")  # ...and what the person types reaches the guest
             await client_w.drain()
-            loop = asyncio.get_running_loop()
-            qemu.setblocking(False)
-            typed = await asyncio.wait_for(loop.sock_recv(qemu, 64), 5)
+            typed = await asyncio.wait_for(asyncio.to_thread(os.read, qemu_stdin, 64), 5)
             await point.close()
             assert await asyncio.wait_for(client_r.read(), 5) == b""  # hung up on close
             return seen, typed
 
         assert asyncio.run(scenario()) == (b"login: ", b"root\n")
-        ours.close()
-        qemu.close()
+        os.close(ours)
+        os.close(qemu_stdin)
     finally:
         point.remove()
     assert not point.dir.exists()
