@@ -59,8 +59,7 @@ __all__ = ["Reactions", "VmSession"]
 
 LOG = logging.getLogger(__name__)
 
-#: How long an exit waits for the console to reach EOF before the stream is closed. QEMU's end of the socket
-#: closes when it exits, so EOF is immediate unless a stray process still holds the descriptor.
+#: How long an exit waits for console EOF before the stream is closed (immediate unless a stray process holds it).
 _SERIAL_DRAIN_S = 0.5
 #: Lines the harness itself adds to qemu-stderr.log start with this (they are not QEMU's words).
 HARNESS_PREFIX = "[aero-harness]"
@@ -122,7 +121,7 @@ class VmSession:
         self._stop_lock = threading.RLock()
         self._t0 = time.monotonic()
         self._loop_thread = LoopThread(f"aero-vm-{self.name}")
-        self._sockets: list[socket.socket] = []
+        self._qmp_sock: socket.socket | None = None  # our end of the QMP socketpair
         self._console: ConsolePipes | None = None
         self._files: list[IO[Any]] = []
         self._stderr_log: IO[bytes] | None = None
@@ -174,11 +173,6 @@ class VmSession:
     def alive(self) -> bool:
         """True between a successful launch and the moment QEMU's exit is noticed."""
         return self.process.spawned and not self.process.exited
-
-    @property
-    def qmp_events(self) -> list[dict[str, Any]]:
-        """QMP events received so far (``SHUTDOWN``, ``STOP``, ...), oldest first."""
-        return list(self.qmp_channel.events)
 
     def _last_output(self) -> float:
         """When the guest last printed anything (when QEMU started, if it never did)."""
@@ -326,7 +320,7 @@ class VmSession:
         loop = asyncio.get_running_loop()
         pipes = self._console = ConsolePipes()
         qmp_ours, qmp_theirs = socket.socketpair()
-        self._sockets.append(qmp_ours)
+        self._qmp_sock = qmp_ours
         try:
             self.argv = [str(a) for a in self._argv_factory(qmp_theirs.fileno())]
             self.artifacts.argv.write_text(shlex.join(self.argv) + "\n")
@@ -350,12 +344,8 @@ class VmSession:
         if self._silence_timeout is not None:
             warn = warn_after(self._silence_timeout) if self._silence_warn else None
             self.silence = SilenceWatch(
-                self._silence_timeout,
-                self._last_output,
-                self._on_silence,
-                warn_after=warn,
-                on_warn=self._silence_warn,
-                active=self._guest_may_speak,
+                self._silence_timeout, self._last_output, self._on_silence,
+                warn_after=warn, on_warn=self._silence_warn, active=self._guest_may_speak,
             )
             self._watchers.append(loop.create_task(self.silence.run()))
         return qmp_ours
@@ -484,8 +474,7 @@ class VmSession:
         return Ending.UNKILLABLE
 
     def _record_end(self) -> None:
-        rc = self.process.returncode
-        ending = self.ending.value if self.ending is not None else "unknown"
+        rc, ending = self.process.returncode, self.ending.value if self.ending else "unknown"
         line = f"how={ending} status={describe_status(rc)} returncode={rc}\n"
         with contextlib.suppress(OSError):
             self.artifacts.shutdown.write_text(line)
@@ -496,9 +485,8 @@ class VmSession:
                 fh.flush()
 
     def _close_sockets(self) -> None:
-        for sock in self._sockets:
-            with contextlib.suppress(OSError):
-                sock.close()
+        if self._qmp_sock is not None:
+            self._qmp_sock.close()
         if self._console is not None:
             self._console.close()
 

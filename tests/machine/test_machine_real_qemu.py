@@ -72,7 +72,7 @@ def test_real_qemu_quits_on_stop(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 5.0
     assert session.returncode == 0
     assert process_gone(pid)
-    assert any(e.get("event") == "SHUTDOWN" for e in session.qmp_events)
+    assert any(e.get("event") == "SHUTDOWN" for e in session.qmp_channel.events)
 
 
 def test_real_qemu_bad_property_fails_start_with_stderr(tmp_path: Path) -> None:

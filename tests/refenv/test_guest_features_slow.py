@@ -50,10 +50,16 @@ def _argv(qemu: Path, disk: Path, tmp: Path, guest_args: str, extra: list[str]) 
 
 
 def _read_until(proc: subprocess.Popen[bytes], marker: bytes, limit: float = 120.0) -> bytes:
+    """The output up to the end of the line that holds ``marker`` (a line read half is no line)."""
     assert proc.stdout is not None
     out = b""
     deadline = time.monotonic() + limit
-    while marker not in out and time.monotonic() < deadline:
+
+    def whole_line() -> bool:
+        at = out.find(marker)
+        return at >= 0 and out.find(b"\n", at) >= 0
+
+    while not whole_line() and time.monotonic() < deadline:
         chunk = os.read(proc.stdout.fileno(), 1 << 16)
         if not chunk:
             break
