@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import QemuCommand
-from .process import run_probe
+from .process import run_child
 
 #: What a kernel prints when it ran far enough to prove the accelerator works.
 _ALIVE = (b"Kernel panic", b"VFS: Unable to mount root", b"Run /init")
@@ -83,10 +83,10 @@ def kvm_works(qemu: QemuCommand, kernel: Path, cache_dir: Path) -> bool:
         pass
     try:
         # Like every QEMU of the plugin: killed with pytest (PDEATHSIG), even inside this 10 s window.
-        proc = run_probe(probe_argv(qemu, kernel), PROBE_TIMEOUT_S)
+        proc = run_child(probe_argv(qemu, kernel), PROBE_TIMEOUT_S)
         works = proc.returncode == 0 and kernel_ran(proc.stdout)
     except subprocess.TimeoutExpired:
-        works = False  # run_probe killed its process group; a hung KVM guest is a "no"
+        works = False  # run_child killed its process group; a hung KVM guest is a "no"
     except OSError:
         return False
     with contextlib.suppress(OSError):  # an unwritable cache only costs a probe next time
