@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,21 @@ def probe_argv(qemu: QemuCommand, kernel: Path) -> list[str]:
         "-append",
         "console=ttyS0 panic=-1 loglevel=4",
     ]
+
+
+def find_probe_kernel(
+    explicit: Path | None, own_image: bool, build_reference: Callable[[], Path], found: Iterable[Path]
+) -> Path | None:
+    """The kernel ``auto`` boots under KVM, cheapest first: ``--vm-kernel``; the reference guest's when the run
+    boots it anyway (built if needed); else the first readable of ``found`` (a reference kernel already in the
+    cache, the host's own ``/boot/vmlinuz-<release>``). With the user's own image the reference image is never
+    built just for the probe: that would need Debian's apt on a machine that may not have it. None: no probe.
+    """
+    if explicit is not None:
+        return explicit
+    if not own_image:
+        return build_reference()
+    return next((k for k in found if k.is_file() and os.access(k, os.R_OK)), None)
 
 
 def kernel_ran(output: bytes) -> bool:
@@ -115,7 +131,9 @@ def resolve_accel(choice: str, qemu: QemuCommand, kernel: Path | None, cache_dir
     if not kvm_device_usable():
         return AccelChoice("tcg", "auto: /dev/kvm is missing or not usable by this user")
     if kernel is None:
-        return AccelChoice("tcg", "auto: no kernel to probe KVM with")
+        return AccelChoice(
+            "tcg", "auto: no kernel to probe KVM with (pass --vm-kernel, or --vm-accel=kvm to use KVM unprobed)"
+        )
     if kvm_works(qemu, kernel, cache_dir):
         return AccelChoice("kvm", "auto: a kernel booted under KVM")
     return AccelChoice("tcg", "auto: /dev/kvm opens, but a kernel did not run under KVM (nested virtualisation?)")
