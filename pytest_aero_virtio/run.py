@@ -7,14 +7,16 @@ booting) happens lazily, the first time something needs it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .config import VmConfig
 from .errors import EvidenceMissing
 from .plan import Plan, PlannedVm
 from .pool import VmPool
-from .qemu.accel import AccelChoice, kvm_device_usable, resolve_accel
+from .qemu.accel import AccelChoice, find_probe_kernel, kvm_device_usable, resolve_accel
 from .qemu.caps import Caps, probe_cached
 from .replay import RecordedVm, Recording, assign_recordings, find_recordings
 from .settings import Settings
@@ -48,14 +50,17 @@ class AeroRun:
     def accel(self) -> AccelChoice:
         """The accelerator actually used, and why (``--vm-accel=auto`` boots a kernel under KVM once)."""
         if self._accel is None:
+            from .refenv.cache import cache_root
+            from .refenv.image import ensure_image, iter_entries
+
             o = self.settings.options
             kernel = o.kernel
-            if o.accel == "auto" and kernel is None and kvm_device_usable():
-                from .refenv.image import ensure_image
-
-                kernel = ensure_image().kernel
-            from .refenv.cache import cache_root
-
+            if o.accel == "auto" and kvm_device_usable():
+                bases = sorted(iter_entries(cache_root(), ("base",)), key=lambda p: p.stat().st_mtime, reverse=True)
+                cached = [entry / "vmlinuz" for entry in bases]
+                host = Path("/boot") / f"vmlinuz-{os.uname().release}"
+                build = lambda: ensure_image().kernel  # noqa: E731
+                kernel = find_probe_kernel(o.kernel, o.image is not None, build, [*cached, host])
             self._accel = resolve_accel(o.accel, o.qemu, kernel, cache_root())
         return self._accel
 

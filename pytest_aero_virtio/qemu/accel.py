@@ -15,11 +15,12 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import QemuCommand
-from .process import run_probe
+from .process import run_child
 
 #: What a kernel prints when it ran far enough to prove the accelerator works.
 _ALIVE = (b"Kernel panic", b"VFS: Unable to mount root", b"Run /init")
@@ -59,6 +60,21 @@ def probe_argv(qemu: QemuCommand, kernel: Path) -> list[str]:
     ]
 
 
+def find_probe_kernel(
+    explicit: Path | None, own_image: bool, build_reference: Callable[[], Path], found: Iterable[Path]
+) -> Path | None:
+    """The kernel ``auto`` boots under KVM, cheapest first: ``--vm-kernel``; the reference guest's when the run
+    boots it anyway (built if needed); else the first readable of ``found`` (a reference kernel already in the
+    cache, the host's own ``/boot/vmlinuz-<release>``). With the user's own image the reference image is never
+    built just for the probe: that would need Debian's apt on a machine that may not have it. None: no probe.
+    """
+    if explicit is not None:
+        return explicit
+    if not own_image:
+        return build_reference()
+    return next((k for k in found if k.is_file() and os.access(k, os.R_OK)), None)
+
+
 def kernel_ran(output: bytes) -> bool:
     """Whether the probe's serial output shows the kernel ran to its root-mount panic (pure)."""
     return any(sign in output for sign in _ALIVE)
@@ -83,10 +99,10 @@ def kvm_works(qemu: QemuCommand, kernel: Path, cache_dir: Path) -> bool:
         pass
     try:
         # Like every QEMU of the plugin: killed with pytest (PDEATHSIG), even inside this 10 s window.
-        proc = run_probe(probe_argv(qemu, kernel), PROBE_TIMEOUT_S)
+        proc = run_child(probe_argv(qemu, kernel), PROBE_TIMEOUT_S)
         works = proc.returncode == 0 and kernel_ran(proc.stdout)
     except subprocess.TimeoutExpired:
-        works = False  # run_probe killed its process group; a hung KVM guest is a "no"
+        works = False  # run_child killed its process group; a hung KVM guest is a "no"
     except OSError:
         return False
     with contextlib.suppress(OSError):  # an unwritable cache only costs a probe next time
@@ -115,7 +131,9 @@ def resolve_accel(choice: str, qemu: QemuCommand, kernel: Path | None, cache_dir
     if not kvm_device_usable():
         return AccelChoice("tcg", "auto: /dev/kvm is missing or not usable by this user")
     if kernel is None:
-        return AccelChoice("tcg", "auto: no kernel to probe KVM with")
+        return AccelChoice(
+            "tcg", "auto: no kernel to probe KVM with (pass --vm-kernel, or --vm-accel=kvm to use KVM unprobed)"
+        )
     if kvm_works(qemu, kernel, cache_dir):
         return AccelChoice("kvm", "auto: a kernel booted under KVM")
     return AccelChoice("tcg", "auto: /dev/kvm opens, but a kernel did not run under KVM (nested virtualisation?)")

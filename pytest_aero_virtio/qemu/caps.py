@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import QemuCommand
 from ..errors import QEMU_NOT_FOUND, AeroConfigError
-from .process import run_probe
+from .process import run_child
 
 __all__ = [
     "PROBED_DEVICES",
@@ -237,7 +237,7 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
     """One probe, with a QEMU run's hygiene (own process group, parent-death signal, group killed on timeout):
     a launcher script that hangs must not leave its QEMU behind."""
     try:
-        raw = run_probe(argv, PROBE_TIMEOUT_S, input=stdin.encode() if stdin is not None else None)
+        raw = run_child(argv, PROBE_TIMEOUT_S, input=stdin.encode() if stdin is not None else None)
     except subprocess.TimeoutExpired as exc:
         raise AeroConfigError(
             f"QEMU probe {' '.join(argv[1:])!r} did not finish within {PROBE_TIMEOUT_S:g} s",

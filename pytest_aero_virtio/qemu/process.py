@@ -39,7 +39,7 @@ __all__ = [
     "live_pids",
     "qemu_not_found",
     "read_tail",
-    "run_probe",
+    "run_child",
     "tail_lines",
 ]
 
@@ -119,14 +119,21 @@ def child_setup(parent_pid: int) -> Callable[[], None]:
     return setup
 
 
-def run_probe(
-    argv: Sequence[str], timeout: float, *, input: bytes | None = None, env: Mapping[str, str] | None = None
+def run_child(
+    argv: Sequence[str],
+    timeout: float | None,
+    *,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run a short-lived child (a QEMU probe) to completion with the hygiene of a QEMU run.
+    """Run a child that is not QEMU (a QEMU probe, a build tool such as apt-get or mkfs.erofs) to completion
+    with the hygiene of a QEMU run: its own process group, killed with the parent (the death signal).
 
-    On timeout the whole process group is killed, not just the direct child: a ``--qemu-system`` launcher
-    script that runs QEMU without ``exec`` would otherwise leave QEMU behind, re-parented to init. Raises
-    :class:`subprocess.TimeoutExpired` after the kill, and :class:`OSError` when the binary cannot start.
+    On timeout or an interruption (Ctrl-C, SIGTERM) the whole process group is killed, not just the direct
+    child: a ``--qemu-system`` launcher script that runs QEMU without ``exec``, or apt-get's download methods,
+    would otherwise be left behind, re-parented to init. ``timeout=None`` waits as long as the child runs.
+    Raises :class:`subprocess.TimeoutExpired` after the kill, and :class:`OSError` when the binary cannot start.
     """
     with subprocess.Popen(
         list(argv),
@@ -136,6 +143,7 @@ def run_probe(
         start_new_session=True,
         preexec_fn=child_setup(os.getpid()),
         env=dict(env) if env is not None else None,
+        cwd=cwd,
     ) as proc:
         try:
             out, err = proc.communicate(input, timeout=timeout)

@@ -6,7 +6,10 @@ import os
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from pytest_aero_virtio.qemu.process import run_child
 
 PYVER = "3.13"
 LIBDIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib")
@@ -16,11 +19,22 @@ class ImageBuildError(RuntimeError):
     """The reference image could not be built; the message names the cause and the fix."""
 
 
+def run_captured(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a build step's child to completion, output decoded. It goes through :func:`run_child`: its own
+    process group, killed with the harness, so a build interrupted at any instant (Ctrl-C, SIGTERM, a killed
+    pytest) leaves no apt-get, dpkg-deb or mkfs running."""
+    raw = run_child(argv, None, env=env, cwd=cwd)
+    out, err = (b.decode(errors="replace") for b in (raw.stdout, raw.stderr))
+    return subprocess.CompletedProcess(raw.args, raw.returncode, out, err)
+
+
 def run_tool(argv: list[str], env: dict[str, str] | None = None) -> None:
     """Run a host tool (mkfs.vfat, syslinux, mtools, mkfs.erofs, zstd); a missing one names its installer."""
     if shutil.which(argv[0]) is None:
         raise ImageBuildError(f"{argv[0]} not found; fix: run scripts/setup-host as root (installs it)")
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    proc = run_captured(argv, env=env)
     if proc.returncode != 0:
         raise ImageBuildError(f"{shlex.join(argv)} failed: {proc.stderr.strip()[-1500:]}")
 
@@ -47,7 +61,7 @@ def compile_tree(rootfs: Path, target: Path, strip_prefix: Path, legacy: bool = 
     ``legacy`` writes ``x.pyc`` next to ``x.py`` (importable without the source, which the caller then
     deletes); otherwise ``__pycache__`` with unchecked hashes, so the guest never stats or re-hashes sources.
     """
-    proc = subprocess.run(
+    proc = run_captured(
         [
             *guest_python(rootfs),
             "-I",
@@ -63,10 +77,7 @@ def compile_tree(rootfs: Path, target: Path, strip_prefix: Path, legacy: bool = 
             *(["-b"] if legacy else []),
             str(target),
         ],
-        capture_output=True,
-        text=True,
         env={"PYTHONHOME": str(rootfs / "usr"), "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
-        check=False,
     )
     if proc.returncode != 0:
         raise ImageBuildError(f"compileall failed in {target}: {proc.stdout[-1500:]} {proc.stderr[-1500:]}")

@@ -18,13 +18,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytest_aero_virtio.refenv.buildtools import run_captured
 from pytest_aero_virtio.refenv.cache import cache_root, file_lock, progress
 
 SUITE = "trixie"
@@ -282,13 +282,10 @@ class Apt:
         tool = argv[0]
         if shutil.which(tool) is None:
             raise AptError(f"{tool} not found; fix: run on a Debian/Ubuntu host (apt is required)")
-        proc = subprocess.run(
+        proc = run_captured(
             [tool, *self._opts(), *argv[1:]],
             cwd=cwd,
-            capture_output=True,
-            text=True,
             env={**os.environ, "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"},
-            check=False,
         )
         if proc.returncode != 0:
             raise AptError(
@@ -407,7 +404,7 @@ class Apt:
 
 
 def _unpack_one(deb: Path, dest: Path) -> None:
-    proc = subprocess.run(["dpkg-deb", "-x", str(deb), str(dest)], capture_output=True, text=True, check=False)
+    proc = run_captured(["dpkg-deb", "-x", str(deb), str(dest)])
     if proc.returncode != 0:
         raise AptError(
             f"dpkg-deb -x {deb} failed: {proc.stderr.strip()}; fix: delete {deb} (corrupt download) and retry"

@@ -13,7 +13,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from pytest_aero_virtio.qemu.process import run_probe
+from pytest_aero_virtio.qemu.process import run_child
 from pytest_aero_virtio.refenv import debs
 from pytest_aero_virtio.refenv.cache import cache_root, ensure_entry, progress, source_digest, stable_key
 
@@ -121,7 +121,7 @@ def _build(tmp: Path, final: Path, apt: debs.Apt, infos: list[debs.DebInfo]) -> 
     (bindir / ".probe").write_text(render_launcher(root))
     (bindir / ".probe").chmod(0o755)
     try:  # a probe like every other: own process group, parent-death signal, the group killed on timeout
-        out = run_probe([str(bindir / ".probe"), "--version"], 60.0)
+        out = run_child([str(bindir / ".probe"), "--version"], 60.0)
         stdout, stderr = out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
     except (OSError, subprocess.TimeoutExpired) as exc:
         stdout, stderr = "", str(exc)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import lzma
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_aero_virtio.refenv import cpio, debs, elf, kmod, scripts
-from pytest_aero_virtio.refenv.buildtools import LIBDIRS, PYVER, ImageBuildError, compile_tree, run_tool
+from pytest_aero_virtio.refenv.buildtools import LIBDIRS, PYVER, ImageBuildError, compile_tree, run_captured, run_tool
 from pytest_aero_virtio.refenv.cache import progress
 
 # Modules in the initramfs, to mount /usr: the disk, the loop device, erofs (which needs libcrc32c, which
@@ -317,7 +316,7 @@ def _write_initrd(tmp: Path, staging: Path, modules: dict[str, bytes], usr_modul
     busybox's applet links are made here once, not with ``busybox --install`` at every boot.
     """
     busybox = next(p for p in (staging / "usr/bin/busybox", staging / "bin/busybox") if p.is_file())
-    applets = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=False).stdout
+    applets = run_captured([str(busybox), "--list"]).stdout
     with open(tmp / "initrd.cpio", "wb") as fh:
         w = cpio.CpioWriter(fh)
         for d in INITRD_DIRS:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_aero_virtio.qemu.process import run_probe
+from pytest_aero_virtio.qemu.process import run_child
 
 from .conftest import Chaos, live_processes
 from .guests import boot_sector_disk
@@ -123,14 +123,14 @@ def test_failing_qemu_probe_shows_its_token_first(chaos: Chaos, tmp_path: Path, 
 
 def test_hanging_probe_is_killed_with_its_whole_group(tmp_path: Path) -> None:
     """A --qemu-system launcher that runs QEMU without exec and hangs: the probe's timeout kills the group, so
-    the launcher's child does not outlive it (every probe goes through run_probe)."""
+    the launcher's child does not outlive it (every probe goes through run_child)."""
     marker = f"aero-probe-{os.getpid()}-{time.monotonic_ns()}"
     launcher = tmp_path / "qemu-launcher"
     launcher.write_text(f"#!/bin/bash\n(exec -a {marker} sleep 300) &\nwait\n")  # no exec: a child that hangs
     launcher.chmod(0o755)
     t0 = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
-        run_probe([str(launcher), "--version"], timeout=1.0)
+        run_child([str(launcher), "--version"], timeout=1.0)
     assert time.monotonic() - t0 < 5.0
     time.sleep(0.2)
     left = [pid for pid in live_processes() if marker in _cmd(pid)]

@@ -92,6 +92,30 @@ def test_pytest_private_internals_are_confined_to_one_module() -> None:
     assert not found, found
 
 
+#: Where a child process may be started: QEMU and its probes (own process group, death signal, group kill),
+#: and the yardstick ``aero-virtio-refenv bare --run``, a plain command that shares the user's terminal session
+#: on purpose (Ctrl-C reaches its QEMU as it would reach a QEMU typed by hand).
+_SPAWNERS = {"pytest_aero_virtio/qemu/process.py", "pytest_aero_virtio/refenv/bare.py"}
+_SPAWN_CALLS = {"run", "Popen", "call", "check_call", "check_output", "system", "fork", "posix_spawn"}
+
+
+def test_children_are_started_only_where_their_process_group_is_managed() -> None:
+    """Every other module goes through ``run_child``: no apt-get, mkfs or probe can outlive an interrupted run."""
+    found = []
+    for path in modules():
+        if rel(path) in _SPAWNERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and owner.id in ("subprocess", "os") and node.func.attr in _SPAWN_CALLS:
+                found.append(f"{rel(path)}:{node.lineno}: {owner.id}.{node.func.attr}")
+            elif node.func.attr.startswith("create_subprocess"):
+                found.append(f"{rel(path)}:{node.lineno}: {node.func.attr}")
+    assert not found, f"children started outside qemu/process.py (use run_child): {found}"
+
+
 def _defined_classes() -> set[str]:
     names: set[str] = set()
     for path in modules():

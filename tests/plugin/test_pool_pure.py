@@ -38,3 +38,24 @@ def test_explicit_accel_is_taken_and_auto_without_probe_kernel_is_tcg(tmp_path: 
     assert resolve_accel("tcg", q, None, tmp_path).name == "tcg"
     auto = resolve_accel("auto", q, None, tmp_path)
     assert auto.name == "tcg" and auto.reason.startswith("auto: ")
+
+
+def test_probe_kernel_never_builds_the_reference_image_for_a_users_own_image(tmp_path: Path) -> None:
+    from pytest_aero_virtio.qemu.accel import find_probe_kernel
+
+    built: list[str] = []
+
+    def build() -> Path:
+        built.append("reference")
+        return tmp_path / "ref-vmlinuz"
+
+    explicit, cached, host = tmp_path / "mine", tmp_path / "cached-vmlinuz", tmp_path / "host-vmlinuz"
+    host.write_bytes(b"k")
+    assert find_probe_kernel(explicit, True, build, [cached, host]) == explicit
+    assert find_probe_kernel(None, True, build, [cached, host]) == host  # the cached one does not exist
+    cached.write_bytes(b"k")
+    assert find_probe_kernel(None, True, build, [cached, host]) == cached
+    assert find_probe_kernel(None, True, build, [tmp_path / "none"]) is None
+    assert built == []
+    assert find_probe_kernel(None, False, build, [cached]) == tmp_path / "ref-vmlinuz"  # booted anyway
+    assert built == ["reference"]

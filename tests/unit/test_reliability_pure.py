@@ -4,6 +4,7 @@ an image at start, the nameless snapshot overlay, and waits that end for a reaso
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import subprocess
 import threading
@@ -249,19 +250,53 @@ def test_a_signal_during_a_wait_reports_the_test_as_interrupted() -> None:
 
 
 def test_probe_group_is_killed_on_timeout(tmp_path: Path) -> None:
-    from pytest_aero_virtio.qemu.process import run_probe
+    from pytest_aero_virtio.qemu.process import run_child
 
     pidfile = tmp_path / "child.pid"
     script = tmp_path / "launcher"
     script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
     script.chmod(0o755)
     with pytest.raises(subprocess.TimeoutExpired):
-        run_probe([str(script)], timeout=0.5)
+        run_child([str(script)], timeout=0.5)
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
     while _running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _running(child), "the launcher's child outlived the probe"
+
+
+def test_an_interrupted_build_step_leaves_no_child(tmp_path: Path) -> None:
+    """Ctrl-C (or the SIGTERM handler's exception) while a build tool runs: the tool's whole group dies."""
+    from pytest_aero_virtio.refenv.buildtools import run_captured
+
+    pidfile = tmp_path / "child.pid"
+    script = tmp_path / "tool"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_captured([str(script)], cwd=tmp_path)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(child), "the build tool's child outlived the interrupted build"
+
+
+def test_a_build_step_reports_output_and_status(tmp_path: Path) -> None:
+    from pytest_aero_virtio.refenv.buildtools import run_captured
+
+    proc = run_captured(["sh", "-c", "pwd; echo oops >&2; exit 3"], cwd=tmp_path)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr.strip()) == (3, str(tmp_path), "oops")
 
 
 def _running(pid: int) -> bool:
