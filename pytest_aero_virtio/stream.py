@@ -84,9 +84,14 @@ class MarkerStream:
 
     # --- feeding -------------------------------------------------------------------------------------------
 
-    def feed_line(self, line: str) -> StreamItem | None:
-        """One complete serial line (without newline). Every line goes to the tail; markers to history."""
-        item = parse_line(line, self._clock())
+    def feed_line(self, line: str) -> Marker | None:
+        """One complete serial line (without newline). Every line goes to the tail; guest markers to history.
+
+        A host-marker line on the guest's console is only a line: host markers come from the host itself
+        (:meth:`add_host`), so a guest cannot print the host evidence its own checks are judged by.
+        """
+        parsed = parse_line(line, self._clock())
+        item = parsed if isinstance(parsed, Marker) else None
         with self._dispatch:
             with self._cond:
                 self._tail.append(line.rstrip("\r\n"))

@@ -193,6 +193,17 @@ def test_subscribers_get_items_in_order_in_feeding_thread() -> None:
     assert "host: AERO_VIRTIO_WIN7_HOST|T|PASS|k=v" in st.tail()
 
 
+def test_a_guest_cannot_print_host_evidence() -> None:
+    """Host markers come from the host; the same text on the guest's console is a plain line."""
+    st = MarkerStream()
+    seen: list[object] = []
+    st.subscribe(seen.append)
+    spoof = "AERO_VIRTIO_WIN7_HOST|VIRTIO_NET_HTTP|PASS|path=/aero-virtio-selftest"
+    assert st.feed_line(spoof) is None
+    assert st.host_markers == [] and seen == [] and st.history == []
+    assert spoof in st.tail()  # still visible in the failure excerpt, as the guest printed it
+
+
 def test_bad_subscriber_does_not_break_the_stream() -> None:
     st = MarkerStream()
     got: list[str] = []
