@@ -33,7 +33,7 @@ from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, StreamItem
 from .plan import PlannedVm, guest_args
-from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, detect_image_format
+from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, detect_image_format, tablet_display
 from .qemu.caps import Caps
 from .qemu.qmp import QmpChannel
 from .qemu.session import VmSession
@@ -156,7 +156,12 @@ class VmHandle(VmBase):
         """The session, with the READY-to-QMP path wired once: one QMP channel for the reactions and QEMU."""
         qmp = QmpChannel(self.artifacts.name, self.artifacts.qmp)
         ctx = ActionContext(
-            qmp=qmp, stream=self.stream, vm=self.config, caps=self.caps, blk_resize_delta=self.settings.blk_resize_delta
+            qmp=qmp,
+            stream=self.stream,
+            vm=self.config,
+            caps=self.caps,
+            tablet_display=tablet_display(self.caps),
+            blk_resize_delta=self.settings.blk_resize_delta,
         )
         return VmSession(
             self._argv,

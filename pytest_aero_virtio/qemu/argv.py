@@ -52,6 +52,7 @@ __all__ = [
     "prepare_overlay",
     "qcow2_overlay_bytes",
     "qemu_opt_escape",
+    "tablet_display",
 ]
 
 #: Stable ids so QMP (and the actions) can address every device and node.
@@ -408,6 +409,12 @@ def build_argv(opts: RunOptions, vm: VmConfig, caps: Caps, rt: RuntimePaths) -> 
     return argv + list(opts.extra_args)
 
 
+def tablet_display(caps: Caps) -> str:
+    """The console the tablet is bound to, and so the ``device`` its injected events name: its own
+    ``secondary-vga`` where QEMU has one, else the main VGA (one rule for the command line and the reactions)."""
+    return DEVICE_IDS["tablet_display"] if caps.has_device("secondary-vga") else DEVICE_IDS["display"]
+
+
 def _display_args(vm: VmConfig, caps: Caps) -> list[str]:
     """The displays, which must exist before the input devices bind to them.
 
@@ -415,8 +422,8 @@ def _display_args(vm: VmConfig, caps: Caps) -> list[str]:
     whichever pointer the guest activated last (QEMU's ui/input.c), so tablet clicks could land on the mouse.
     """
     argv = ["-device", f"VGA,id={DEVICE_IDS['display']}"]
-    if vm.tablet and caps.has_device("secondary-vga"):
-        argv += ["-device", f"secondary-vga,id={DEVICE_IDS['tablet_display']}"]
+    if vm.tablet and tablet_display(caps) != DEVICE_IDS["display"]:
+        argv += ["-device", f"secondary-vga,id={tablet_display(caps)}"]
     return argv
 
 
@@ -435,8 +442,7 @@ def _input_args(vm: VmConfig, caps: Caps) -> list[str]:
     ids = DEVICE_IDS
     inputs = [("virtio-keyboard-pci", ids["kbd"], ids["display"]), ("virtio-mouse-pci", ids["mouse"], ids["display"])]
     if vm.tablet:
-        display = ids["tablet_display"] if caps.has_device("secondary-vga") else ids["display"]
-        inputs.append(("virtio-tablet-pci", ids["tablet"], display))
+        inputs.append(("virtio-tablet-pci", ids["tablet"], tablet_display(caps)))
     argv: list[str] = []
     for driver, dev_id, display in inputs:
         extra: tuple[tuple[str, object], ...] = (("display", display),) if caps.has_prop(driver, "display") else ()

@@ -18,6 +18,7 @@ from pytest_aero_virtio.qemu.argv import (
     prepare_overlay,
     qcow2_overlay_bytes,
     qemu_opt_escape,
+    tablet_display,
 )
 from pytest_aero_virtio.qemu.caps import Caps
 
@@ -106,6 +107,15 @@ def test_display_created_before_inputs_and_bound_when_supported() -> None:
     assert device(argv, "secondary-vga") == {"id": "vga1"}
     # without a tablet there is no second display
     assert "secondary-vga" not in [d.split(",")[0] for d in device_args(build_argv(OPTS, VmConfig(), CAPS_72, RT))]
+
+
+def test_tablet_events_name_the_console_the_tablet_is_bound_to() -> None:
+    """Without secondary-vga the tablet shares vga0, and its injected events must say vga0 too."""
+    caps = Caps(CAPS_72.version, CAPS_72.devices - {"secondary-vga"}, CAPS_72.device_props)
+    argv = build_argv(OPTS, VmConfig(tablet=True), caps, RT)
+    assert "secondary-vga" not in [d.split(",")[0] for d in device_args(argv)]
+    assert device(argv, "virtio-tablet-pci")["display"] == tablet_display(caps) == "vga0"
+    assert tablet_display(CAPS_72) == "vga1"
 
 
 def test_no_display_property_when_caps_lack_it() -> None:
