@@ -82,6 +82,12 @@ class Outcome:
     def count(self, text: str) -> int:
         return self.out.count(text)
 
+    def reports(self) -> str:
+        """The output before pytest's short test summary. The summary repeats each message: cut to its first
+        line on a terminal, whole when pytest sees a CI (``CI`` or ``BUILD_NUMBER`` set), so a count that must
+        not depend on where the suite runs counts here."""
+        return self.out.split(" short test summary info ", 1)[0]
+
 
 @dataclass
 class Chaos:

@@ -97,7 +97,7 @@ def test_qemu_that_refuses_to_start_is_one_message(chaos: Chaos, guests: GuestSh
         first, second = text.strip().splitlines()[:2]
         assert first == "FAIL: QEMU_EXITED: QEMU exited during start-up (exit status 1)"
         assert second.startswith("qemu: ") and "no-such-device-xyz" in second
-    assert res.count("is not a valid device model name") == 3
+    assert res.reports().count("is not a valid device model name") == 3
     assert "Captured log" not in res.out
     assert_each_failure_once(res.out, tests=3)
     chaos.assert_clean()
