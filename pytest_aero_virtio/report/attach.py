@@ -121,7 +121,7 @@ def attach_lines(name: str, point: AttachPoint, vnc_port: int | None, screenshot
     """How to reach the VM, one tool per line, ready to paste."""
     vnc = f"vncviewer 127.0.0.1::{vnc_port}   (VNC port {vnc_port} on 127.0.0.1)" if vnc_port else "not available"
     lines = [
-        f"  QMP:     socat - UNIX-CONNECT:{point.qmp_path}   (first send {{\"execute\": \"qmp_capabilities\"}})",
+        f'  QMP:     socat - UNIX-CONNECT:{point.qmp_path}   (first send {{"execute": "qmp_capabilities"}})',
         f"  console: socat -,rawer UNIX-CONNECT:{point.console_path}   (the guest's first serial port)",
         f"  display: {vnc}",
     ]
