@@ -35,7 +35,7 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
@@ -169,7 +169,7 @@ class Chaos:
             st = _stat(pid)
             if st is None or st[0] == "Z":
                 continue
-            cmd = _cmdline(pid)
+            cmd = cmdline(pid)
             if "qemu-system" in cmd and (self.marker in cmd or (under is not None and self._below(pid, under))):
                 found.append(pid)
         return found
@@ -225,7 +225,7 @@ class Chaos:
             if not left or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
-        described = [f"{pid}: {_cmdline(pid)[:200]}" for pid in left]
+        described = [f"{pid}: {cmdline(pid)[:200]}" for pid in left]
         for pid in left:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -233,7 +233,7 @@ class Chaos:
         return described
 
     def _is_ours(self, pid: int) -> bool:
-        cmd = _cmdline(pid)
+        cmd = cmdline(pid)
         return self.marker in cmd or "qemu" in cmd or str(self.root) in cmd
 
     @staticmethod

@@ -26,6 +26,7 @@ from pytest_aero_virtio.refenv.cpio import CpioWriter
 from pytest_aero_virtio.refenv.image import ensure_image, image_layers
 
 __all__ = [
+    "BLK_THEN_HANG",
     "HANG",
     "PREFIX",
     "PRINT_START",
@@ -33,6 +34,7 @@ __all__ = [
     "boot_sector_disk",
     "busybox",
     "marker",
+    "passing_tests",
     "tiny_guest",
 ]
 
@@ -57,6 +59,22 @@ APPEND = "console=ttyS0 panic=-1 quiet"
 def marker(kind: str, *fields: str) -> str:
     """A shell line that prints one marker: ``marker("TEST", "virtio-blk", "PASS")``."""
     return f'echo "{PREFIX}|{"|".join((kind, *fields))}"\n'
+
+
+#: blk passes at once, then the guest says nothing more: a test waiting on anything else waits until something
+#: (a signal, a timeout, a kill) ends it.
+BLK_THEN_HANG = PRINT_START + marker("TEST", "virtio-blk", "PASS") + HANG
+
+
+def passing_tests(*checks: str) -> str:
+    """The source of an inner test file: per check, ``test_<device>`` that expects it to PASS
+    (``passing_tests("virtio-blk")`` -> ``test_blk``)."""
+    tests = "".join(
+        f'\n@pytest.mark.aero_check("{check}")\ndef test_{check.removeprefix("virtio-")}(aero_vm):\n'
+        "    aero_vm.expect_pass()\n"
+        for check in checks
+    )
+    return "\nimport pytest\n" + tests
 
 
 def busybox() -> Path:

@@ -10,25 +10,11 @@ import signal
 import pytest
 
 from .conftest import Chaos, GuestShelf
-from .guests import HANG, PRINT_START, marker
+from .guests import HANG, PRINT_START, marker, passing_tests
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
-THREE_TESTS = """
-import pytest
-
-@pytest.mark.aero_check("virtio-blk")
-def test_blk(aero_vm):
-    aero_vm.expect_pass()
-
-@pytest.mark.aero_check("virtio-net")
-def test_net(aero_vm):
-    aero_vm.expect_pass()
-
-@pytest.mark.aero_check("virtio-input")
-def test_input(aero_vm):
-    aero_vm.expect_pass()
-"""
+THREE_TESTS = passing_tests("virtio-blk", "virtio-net", "virtio-input")
 #: Library noise that must never reach a user (qemu.qmp on a failed handshake), and a chained repeat.
 NOISE = ("This is a bug in the QMP library", "During handling of the above exception", "Traceback", "INTERNALERROR")
 

@@ -12,18 +12,12 @@ import pytest
 
 from pytest_aero_virtio.qemu.process import run_child
 
-from .conftest import Chaos, live_processes
-from .guests import boot_sector_disk
+from .conftest import Chaos, cmdline, live_processes
+from .guests import boot_sector_disk, passing_tests
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
-ONE_TEST = """
-import pytest
-
-@pytest.mark.aero_check("virtio-blk")
-def test_blk(aero_vm):
-    aero_vm.expect_pass()
-"""
+ONE_TEST = passing_tests("virtio-blk")
 
 
 def _qcow2_missing_backing(d: Path) -> Path:
@@ -133,12 +127,6 @@ def test_hanging_probe_is_killed_with_its_whole_group(tmp_path: Path) -> None:
         run_child([str(launcher), "--version"], timeout=1.0)
     assert time.monotonic() - t0 < 5.0
     time.sleep(0.2)
-    left = [pid for pid in live_processes() if marker in _cmd(pid)]
+    left = [pid for pid in live_processes() if marker in cmdline(pid)]
     assert not left, f"the launcher's child outlived the probe: {left}"
 
-
-def _cmd(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""

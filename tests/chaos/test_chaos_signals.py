@@ -10,27 +10,17 @@ import pytest
 from pytest_aero_virtio.interrupts import EXIT_STATUS_SIGTERM
 
 from .conftest import Chaos, GuestShelf
-from .guests import HANG, PRINT_START, marker
+from .guests import BLK_THEN_HANG, passing_tests
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
-#: blk passes at once, then the guest says nothing more: the net test waits until something ends it.
-BLK_THEN_HANG = PRINT_START + marker("TEST", "virtio-blk", "PASS") + HANG
-
-TWO_TESTS = """
-import pytest
-
-@pytest.mark.aero_check("virtio-blk")
-def test_blk(aero_vm):
-    aero_vm.expect_pass()
-
-@pytest.mark.aero_check("virtio-net")
-def test_net(aero_vm):
-    aero_vm.expect_pass()
-
+TWO_TESTS = (
+    passing_tests("virtio-blk", "virtio-net")
+    + """
 def test_never_started():
     pass
 """
+)
 
 
 def test_sigterm_mid_run_reports_and_exits_143(chaos: Chaos, guests: GuestShelf) -> None:

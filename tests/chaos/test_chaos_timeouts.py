@@ -7,11 +7,9 @@ import re
 import pytest
 
 from .conftest import Chaos, GuestShelf
-from .guests import HANG, PRINT_START, marker
+from .guests import BLK_THEN_HANG
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
-
-BLK_THEN_HANG = PRINT_START + marker("TEST", "virtio-blk", "PASS") + HANG
 
 TIMED = """
 import time, pytest
