@@ -56,9 +56,12 @@ class ConsolePipes:
                 os.close(fd)
 
     def close(self) -> None:
-        """Close what is still ours to close (at stop; the reader closed ``output`` at EOF)."""
-        with contextlib.suppress(OSError):
-            os.close(self.input)
+        """Close what is still ours to close (at stop; the reader closed ``output`` at EOF). Once only: a second
+        ``os.close`` of the number could close a file another thread has opened since."""
+        if self.input >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.input)
+            self.input = -1
 
 
 class SerialReader:

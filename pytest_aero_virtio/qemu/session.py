@@ -344,8 +344,12 @@ class VmSession:
         if self._silence_timeout is not None:
             warn = warn_after(self._silence_timeout) if self._silence_warn else None
             self.silence = SilenceWatch(
-                self._silence_timeout, self._last_output, self._on_silence,
-                warn_after=warn, on_warn=self._silence_warn, active=self._guest_may_speak,
+                self._silence_timeout,
+                self._last_output,
+                self._on_silence,
+                warn_after=warn,
+                on_warn=self._silence_warn,
+                active=self._guest_may_speak,
             )
             self._watchers.append(loop.create_task(self.silence.run()))
         return qmp_ours
@@ -451,7 +455,6 @@ class VmSession:
         self.stream.close(self._exit_failure())
         self.qmp_channel.mark_gone(AeroFailure(QEMU_EXITED, "the VM has been stopped"))
         await self.qmp_channel.close()
-        self._close_sockets()
         if self.services is not None:
             try:
                 await asyncio.wait_for(self.services.stop(), 10.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from pytest_aero_virtio.errors import QEMU_EXITED
 from pytest_aero_virtio.qemu.lifecycle import TRANSITIONS, Runstate, StopTimeouts, exit_failure
 from pytest_aero_virtio.qemu.process import describe_status, tail_lines
+from pytest_aero_virtio.qemu.serial import ConsolePipes
 
 
 @pytest.mark.parametrize(
@@ -79,3 +81,21 @@ def test_runstate_transitions_are_a_one_way_life() -> None:
                     seen.add(n)
                     todo.append(n)
         assert Runstate.STOPPED in seen
+
+
+def test_console_pipes_close_once_leaves_a_reused_fd_number_alone(tmp_path: Path) -> None:
+    """The stop ladder may close the console more than once; the second close must not hit whatever file took
+    the number in between."""
+    pipes = ConsolePipes()
+    pipes.close_qemu_ends()
+    os.close(pipes.output)
+    number = pipes.input
+    pipes.close()
+    other = os.open(tmp_path / "other", os.O_CREAT | os.O_WRONLY)
+    reused = os.dup2(other, number)  # another thread's file, given the number just freed
+    os.close(other)
+    try:
+        pipes.close()
+        os.fstat(reused)  # still open
+    finally:
+        os.close(reused)
