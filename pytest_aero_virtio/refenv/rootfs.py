@@ -191,15 +191,19 @@ def _modinfo_depends(
     return out
 
 
-def _module_files(
-    mroot: Path, index: dict[str, Path], wanted: Sequence[str], builtin: list[str]
-) -> list[tuple[str, bytes]]:
-    """(path in the kernel tree, decompressed unsigned module) of ``wanted`` and their deps, in load order."""
+def _module_deps(mroot: Path, index: dict[str, Path], builtin: list[str]) -> dict[str, list[str]]:
+    """{module path: dependency paths} covering every module the image installs (read once per build)."""
     depfile = mroot / "modules.dep"
     if depfile.is_file():
-        dep = kmod.parse_modules_dep(depfile.read_text())
-    else:
-        dep = kmod.parse_modules_dep(kmod.render_modules_dep(_modinfo_depends(mroot, index, wanted, builtin)))
+        return kmod.parse_modules_dep(depfile.read_text())
+    wanted = (*ROOT_MODULES, *MODULES)
+    return kmod.parse_modules_dep(kmod.render_modules_dep(_modinfo_depends(mroot, index, wanted, builtin)))
+
+
+def _module_files(
+    mroot: Path, dep: dict[str, list[str]], wanted: Sequence[str], builtin: list[str]
+) -> list[tuple[str, bytes]]:
+    """(path in the kernel tree, decompressed unsigned module) of ``wanted`` and their deps, in load order."""
     return [
         (rel.removesuffix(".xz"), kmod.strip_signature(_read_ko(mroot / rel)))
         for rel in kmod.load_order(dep, wanted, builtin)
@@ -207,11 +211,11 @@ def _module_files(
 
 
 def _install_usr_modules(
-    tmp: Path, mroot: Path, kver: str, index: dict[str, Path], wanted: Sequence[str], builtin: list[str]
+    tmp: Path, mroot: Path, kver: str, dep: dict[str, list[str]], wanted: Sequence[str], builtin: list[str]
 ) -> list[str]:
     """Write ``wanted`` (and their deps) under usr/lib/modules; their paths from / in load order."""
     paths = []
-    for rel, data in _module_files(mroot, index, wanted, builtin):
+    for rel, data in _module_files(mroot, dep, wanted, builtin):
         path = tmp / "usr/lib/modules" / kver / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -229,12 +233,12 @@ def _install_kernel(staging: Path, tmp: Path, kernel_pkg: str) -> tuple[str, dic
     shutil.copyfile(staging / "boot" / f"vmlinuz-{kver}", tmp / "vmlinuz")
     builtin_file = mroot / "modules.builtin"
     builtin = builtin_file.read_text().split() if builtin_file.is_file() else []
-    index = _module_index(mroot)
+    dep = _module_deps(mroot, _module_index(mroot), builtin)
     initrd = {
-        f"modules/{rel.rsplit('/', 1)[-1]}": data for rel, data in _module_files(mroot, index, ROOT_MODULES, builtin)
+        f"modules/{rel.rsplit('/', 1)[-1]}": data for rel, data in _module_files(mroot, dep, ROOT_MODULES, builtin)
     }
-    boot = _install_usr_modules(tmp, mroot, kver, index, BOOT_MODULES, builtin)
-    groups = [(dev, _install_usr_modules(tmp, mroot, kver, index, w, builtin)) for dev, w in MODULE_GROUPS]
+    boot = _install_usr_modules(tmp, mroot, kver, dep, BOOT_MODULES, builtin)
+    groups = [(dev, _install_usr_modules(tmp, mroot, kver, dep, w, builtin)) for dev, w in MODULE_GROUPS]
     return kver, initrd, Modules(boot, groups)
 
 
@@ -271,14 +275,15 @@ def _install_libs(staging: Path, root: Path) -> int:
         data = p.read_bytes()
         if elf.is_elf(data):
             elves[p.relative_to(root).as_posix()] = data
-    libs, unresolved = resolve_libs(elves, _soname_index(staging))
+    by_soname = _soname_index(staging)
+    libs, unresolved = resolve_libs(elves, by_soname)
     for name, sonames in unresolved.items():
         if "/lib-dynload/" not in name:
             raise ImageBuildError(f"{name} needs {sonames}, not in the package closure; fix: add their packages")
         progress(f"dropping {name.rsplit('/', 1)[-1]} (needs {', '.join(sonames)})")
         (root / name).unlink()
     if unresolved:
-        libs, _ = resolve_libs({k: v for k, v in elves.items() if k not in unresolved}, _soname_index(staging))
+        libs, _ = resolve_libs({k: v for k, v in elves.items() if k not in unresolved}, by_soname)
     libdst = root / LIBDIRS[0]
     libdst.mkdir(parents=True, exist_ok=True)
     for so, src in libs.items():
