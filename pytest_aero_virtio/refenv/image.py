@@ -145,7 +145,14 @@ def ensure_image(
     base = ensure_entry(root, "base", base_key, lambda tmp, _f: rootfs.build_base(tmp, apt, infos, kernel_pkg))
 
     selftest = selftest_dir or default_selftest_dir()
-    guest_key = stable_key([*_files_digest(selftest), ("args", baked_args), ("base", base_key)])
+    guest_key = stable_key(
+        [
+            *_files_digest(selftest),
+            ("args", baked_args),
+            ("base", base_key),
+            ("builder", source_digest([Path(__file__)])),  # _build_guest
+        ]
+    )
     guest = ensure_entry(root, "guest", guest_key, lambda tmp, _f: _build_guest(tmp, selftest, baked_args, base))
 
     image_key = stable_key(
