@@ -20,12 +20,16 @@ class ImageBuildError(RuntimeError):
 
 
 def run_captured(
-    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    argv: Sequence[str],
+    *,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a build step's child to completion, output decoded. It goes through :func:`run_child`: its own
-    process group, killed with the harness, so a build interrupted at any instant (Ctrl-C, SIGTERM, a killed
-    pytest) leaves no apt-get, dpkg-deb or mkfs running."""
-    raw = run_child(argv, None, env=env, cwd=cwd)
+    process group, killed with the harness (and on ``timeout``: TimeoutExpired), so a build interrupted at any
+    instant (Ctrl-C, SIGTERM, a killed pytest) leaves no apt-get, dpkg-deb or mkfs running."""
+    raw = run_child(argv, timeout, env=env, cwd=cwd)
     out, err = (b.decode(errors="replace") for b in (raw.stdout, raw.stderr))
     return subprocess.CompletedProcess(raw.args, raw.returncode, out, err)
 

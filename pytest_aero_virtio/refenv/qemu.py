@@ -13,8 +13,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from pytest_aero_virtio.qemu.process import run_child
 from pytest_aero_virtio.refenv import debs
+from pytest_aero_virtio.refenv.buildtools import run_captured
 from pytest_aero_virtio.refenv.cache import cache_root, ensure_entry, progress, source_digest, stable_key
 
 QEMU_PACKAGES = ("qemu-system-x86",)
@@ -121,8 +121,8 @@ def _build(tmp: Path, final: Path, apt: debs.Apt, infos: list[debs.DebInfo]) -> 
     (bindir / ".probe").write_text(render_launcher(root))
     (bindir / ".probe").chmod(0o755)
     try:  # a probe like every other: own process group, parent-death signal, the group killed on timeout
-        out = run_child([str(bindir / ".probe"), "--version"], 60.0)
-        stdout, stderr = out.stdout.decode(errors="replace"), out.stderr.decode(errors="replace")
+        out = run_captured([str(bindir / ".probe"), "--version"], timeout=60.0)
+        stdout, stderr = out.stdout, out.stderr
     except (OSError, subprocess.TimeoutExpired) as exc:
         stdout, stderr = "", str(exc)
     (bindir / ".probe").unlink()
