@@ -81,7 +81,7 @@ class AeroRun:
         return self.started_pool
 
     def _live(self, planned: PlannedVm) -> VmBase:
-        follow = self.say if self.settings.follow_serial else None
+        follow = self.say if self.settings.options.follow_serial else None
         return VmHandle(self.settings, planned, self.caps(), self.accel().name, follow, self.say)
 
     def recordings(self) -> dict[str, Recording]:

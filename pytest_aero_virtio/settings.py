@@ -34,7 +34,6 @@ class Settings:
     guest_extra_args: tuple[str, ...]
     blk_resize_delta: int
     reference_guest: bool
-    follow_serial: bool = False
     #: ``--vm-replay``: judge this recording instead of booting (no QEMU, no image, no services).
     replay: Path | None = None
     #: ``--vm-provisioning``: ``fw_cfg`` sends the guest its flags and ports each boot; ``baked`` sends nothing.
@@ -64,8 +63,14 @@ def resolve_qemu(value: str | None) -> QemuCommand:
     return QemuCommand(Path(found).resolve())
 
 
-def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, str | None, bool]:
-    """(image, kernel, initrd, append, reference guest?): the reference guest when no image is given."""
+#: Stands in for what is not resolved: under --vm-replay (nothing boots) or when only checking the options.
+_UNRESOLVED_IMAGE = Path("reference.img")
+_UNRESOLVED_QEMU = QemuCommand(Path("qemu-system-x86_64"))
+
+
+def _boot_files(raw: dict[str, Any], provision: bool) -> tuple[Path, Path | None, Path | None, str | None, bool]:
+    """(image, kernel, initrd, append, reference guest?): the reference guest when no image is given (built
+    only when ``provision``)."""
     image = opts.readable_file("--vm-image", raw["vm_image"])
     kernel = opts.readable_file("--vm-kernel", raw["vm_kernel"])
     initrd = opts.readable_file("--vm-initrd", raw["vm_initrd"])
@@ -79,6 +84,8 @@ def _boot_files(raw: dict[str, Any]) -> tuple[Path, Path | None, Path | None, st
             )
         check_image("--vm-image", image, direct_kernel=kernel is not None)
         return image, kernel, initrd, append, False
+    if not provision:
+        return _UNRESOLVED_IMAGE, kernel, initrd, append, True
     from .refenv.image import ensure_image
 
     ref = ensure_image()
@@ -106,17 +113,18 @@ def _plain_values(raw: dict[str, Any], told: bool) -> dict[str, Any]:
     }
 
 
-def _run_options(raw: dict[str, Any], replay: bool) -> tuple[RunOptions, bool]:
+def _run_options(raw: dict[str, Any], replay: bool, provision: bool) -> tuple[RunOptions, bool]:
     """RunOptions from the raw values. Ports default to ephemeral ones only when the guest is told them: the
-    reference guest provisioned through fw_cfg; a guest with baked provisioning uses the fixed defaults."""
+    reference guest provisioned through fw_cfg; a guest with baked provisioning uses the fixed defaults.
+    Without ``provision`` the reference guest and the pinned QEMU are left unresolved."""
     given_artifacts = Path(str(raw["vm_artifacts"])).expanduser()
     if replay:  # nothing boots: no QEMU and no image to provision or check, no artifacts written
-        image, kernel, initrd, append, reference = Path("replay.img"), None, None, None, raw["vm_image"] is None
-        qemu = QemuCommand(Path("qemu-system-x86_64"))
+        image, kernel, initrd, append, reference = _UNRESOLVED_IMAGE, None, None, None, raw["vm_image"] is None
+        qemu = _UNRESOLVED_QEMU
         artifacts = given_artifacts.resolve()
     else:
-        image, kernel, initrd, append, reference = _boot_files(raw)
-        qemu = resolve_qemu(raw["qemu_system"])
+        image, kernel, initrd, append, reference = _boot_files(raw, provision)
+        qemu = resolve_qemu(raw["qemu_system"]) if provision or raw["qemu_system"] else _UNRESOLVED_QEMU
         artifacts = check_artifacts_dir("--vm-artifacts", given_artifacts)
     told = reference and raw["vm_provisioning"] == "fw_cfg"
     run = RunOptions(
@@ -144,34 +152,26 @@ def check_user_inputs(config: pytest.Config) -> None:
     resolved): for pytest-xdist's controller, which collects no tests, so a bad option fails the run once, at
     start, instead of in every worker (where xdist reports only that no worker is left)."""
     raw = _raw_checked(config)
-    if raw["vm_replay"]:
-        return  # nothing boots
-    image = opts.readable_file("--vm-image", raw["vm_image"])
-    kernel = opts.readable_file("--vm-kernel", raw["vm_kernel"])
-    opts.readable_file("--vm-initrd", raw["vm_initrd"])
-    if image is not None:
-        check_image("--vm-image", image, direct_kernel=kernel is not None)
-    check_artifacts_dir("--vm-artifacts", Path(str(raw["vm_artifacts"])).expanduser())
-    _plain_values(raw, told=False)
-    opts.parse_seconds("--vm-silence-timeout", raw["vm_silence_timeout"])
-    opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1)
-    Vectors(**opts.vectors_from(raw))
-    if raw["qemu_system"]:
+    settings = _settings(config, raw, provision=False)
+    if settings.replay is None and raw["qemu_system"]:
         from .qemu.caps import probe_cached
 
-        probe_cached(resolve_qemu(raw["qemu_system"]))
+        probe_cached(settings.options.qemu)
 
 
 def settings_from_config(config: pytest.Config) -> Settings:
     """Validate every option (clear errors naming the option and the fix) and resolve the defaults."""
-    raw = _raw_checked(config)
+    return _settings(config, _raw_checked(config), provision=True)
+
+
+def _settings(config: pytest.Config, raw: dict[str, Any], provision: bool) -> Settings:
     replay = Path(str(raw["vm_replay"])).expanduser().resolve() if raw["vm_replay"] else None
     if raw["vm_provisioning"] == "baked" and raw["vm_guest_args"]:
         raise AeroConfigError(
             "--vm-guest-arg cannot reach a guest with --vm-provisioning=baked: nothing is sent to it",
             fix="bake the arguments into the guest's image, or use --vm-provisioning=fw_cfg",
         )
-    run, reference = _run_options(raw, replay is not None)
+    run, reference = _run_options(raw, replay is not None, provision)
     delta_mib = opts.parse_int("--vm-blk-resize-delta-mib", raw["vm_blk_resize_delta_mib"], minimum=1) or 64
     return Settings(
         options=run,
@@ -180,7 +180,6 @@ def settings_from_config(config: pytest.Config) -> Settings:
         guest_extra_args=tuple(raw["vm_guest_args"]),
         blk_resize_delta=delta_mib << 20,
         reference_guest=reference,
-        follow_serial=run.follow_serial,
         replay=replay,
         provisioning=str(raw["vm_provisioning"]),
         keep_on_failure=bool(raw["vm_keep_on_failure"]),

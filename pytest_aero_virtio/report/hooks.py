@@ -105,7 +105,7 @@ class ObservePlugin:
             "PYTEST_XDIST_WORKER" not in os.environ
             and config.pluginmanager.get_plugin("terminalreporter") is not None
             and config.getoption("capture") != "no"
-            and not run.settings.follow_serial
+            and not run.settings.options.follow_serial
             and not config.getoption("log_cli_level")
             and not config.getini("log_cli")
         )
@@ -231,7 +231,6 @@ class ObservePlugin:
                 junit_suite_property(logxml, name, value)
         except (AeroError, OSError) as exc:
             LOG.warning("aero-virtio: no JUnit suite properties: %s", exc)
-
 
 
 def _wants_wav(marker: Any) -> bool:
