@@ -115,6 +115,27 @@ def test_failing_qemu_probe_shows_its_token_first(chaos: Chaos, tmp_path: Path, 
     chaos.assert_clean()
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--vm-provisioning=baked", "--vm-guest-arg=--x"), "--vm-guest-arg cannot reach a guest"),
+        (("--vm-direct-boot=on",), "--vm-direct-boot=on boots the reference guest's kernel"),
+    ],
+    ids=["baked-with-guest-arg", "direct-boot-foreign-image"],
+)
+def test_conflicting_options_under_xdist_fail_once_at_start(
+    chaos: Chaos, tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    """The xdist controller checks the options with the same code the workers use: a conflict is one usage
+    error, not "no active workers"."""
+    image = boot_sector_disk(tmp_path / "disk.img")
+    res = chaos.run(ONE_TEST, f"--vm-image={image}", *args, "-n", "2")
+    assert res.rc == pytest.ExitCode.USAGE_ERROR
+    assert res.out.count(says) == 1
+    assert "no active workers" not in res.out and "Traceback" not in res.out
+    chaos.assert_clean()
+
+
 def test_hanging_probe_is_killed_with_its_whole_group(tmp_path: Path) -> None:
     """A --qemu-system launcher that runs QEMU without exec and hangs: the probe's timeout kills the group, so
     the launcher's child does not outlive it (every probe goes through run_child)."""
