@@ -130,8 +130,21 @@ class FieldReader:
             fix="the guest's line does not carry what this test checks: see the protocol's fields for the check",
         )
 
-    def has(self, key: str) -> bool:
+    def __getitem__(self, key: str) -> str:
+        return self.fields[key]
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.fields.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
         return key in self.fields
+
+    def has(self, key: str) -> bool:
+        """``key in marker``, spelled for tests that read better with a verb."""
+        return key in self.fields
+
+    def __str__(self) -> str:
+        return self.raw
 
     def text(self, key: str) -> str:
         """A field that must be present and non-empty."""
@@ -200,18 +213,6 @@ class Marker(FieldReader):
     raw: str = ""
     t: float = 0.0
 
-    def __getitem__(self, key: str) -> str:
-        return self.fields[key]
-
-    def get(self, key: str, default: str | None = None) -> str | None:
-        return self.fields.get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.fields
-
-    def __str__(self) -> str:
-        return self.raw
-
     def _who(self) -> str:
         return self.name or self.kind
 
@@ -247,12 +248,6 @@ class HostMarker(FieldReader):
         object.__setattr__(self, "fields", _freeze(fields))
         object.__setattr__(self, "tokens", tuple(clean_host_value(t) for t in self.tokens))
 
-    def __getitem__(self, key: str) -> str:
-        return self.fields[key]
-
-    def get(self, key: str, default: str | None = None) -> str | None:
-        return self.fields.get(key, default)
-
     def line(self) -> str:
         """The serialised line (no newline); the parts were cleaned at construction."""
         parts = [HOST_PREFIX, self.topic, self.status, *self.tokens]
@@ -265,9 +260,6 @@ class HostMarker(FieldReader):
 
     def _who(self) -> str:
         return self.topic
-
-    def __str__(self) -> str:
-        return self.line()
 
 
 StreamItem = Marker | HostMarker
