@@ -26,14 +26,10 @@ EXPLAINING: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\bBUG: |soft lockup|hard LOCKUP|blocked for more than \d+ seconds"), "bug"),
     (re.compile(r"Out of memory: Kill|oom-kill:"), "oom"),
     (re.compile(r"\*\*\* STOP: 0x|\bbug ?check\b", re.IGNORECASE), "bugcheck"),
-    (re.compile(r"reboot: Power down|System halted|reboot: System halted|ACPI: PM: Preparing to enter"), "poweroff"),
+    (re.compile(r"reboot: Power down|System halted|ACPI: PM: Preparing to enter"), "poweroff"),
     (re.compile(r"reboot: Restarting system|Rebooting in \d+ seconds"), "reboot"),
     (re.compile(r"Traceback \(most recent call last\)|Segmentation fault|segfault at"), "crash"),
 )
-
-#: Kinds that mean the guest died rather than ended on purpose.
-_FATAL = ("panic", "bugcheck", "oops", "bug", "oom")
-
 
 def explains(line: str) -> str | None:
     """The kind of end a serial line explains (``panic``, ``oops``, ``poweroff``...), or None."""
@@ -57,10 +53,8 @@ class EndNotes:
         self.kinds: list[str] = []
         self.dropped = 0
 
-    def feed(self, line_no: int, line: str) -> None:
-        kind = explains(line)
-        if kind is None:
-            return
+    def note(self, line_no: int, line: str, kind: str) -> None:
+        """Keep serial line ``line_no``, which :func:`explains` as ``kind``."""
         if kind not in self.kinds:
             self.kinds.append(kind)
         text = f"serial line {line_no}: {line.strip()[:300]}"
@@ -104,8 +98,3 @@ def describe_guest_end(kinds: Iterable[str], events: Iterable[Mapping[str, objec
     if reason == "guest-panic":
         return "the guest panicked"
     return None
-
-
-def fatal(kinds: Iterable[str]) -> bool:
-    """True when the serial lines show the guest died (panic, oops, bug check...)."""
-    return any(kind in _FATAL for kind in kinds)

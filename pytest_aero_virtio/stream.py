@@ -27,7 +27,7 @@ from .errors import (
     missing_token,
     skipped_token,
 )
-from .guest_end import EndNotes
+from .guest_end import EndNotes, explains
 from .markers import FINAL_STATUSES, GUEST_PREFIX, VERDICTS, HostMarker, Marker, StreamItem, parse_line
 
 __all__ = ["MarkerStream", "Subscriber", "Wait"]
@@ -92,11 +92,13 @@ class MarkerStream:
         """
         parsed = parse_line(line, self._clock())
         item = parsed if isinstance(parsed, Marker) else None
+        explained = explains(line)  # before the lock: waiting tests and the progress ticker take it too
         with self._dispatch:
             with self._cond:
                 self._tail.append(line.rstrip("\r\n"))
                 self.lines_seen += 1
-                self._notes.feed(self.lines_seen, line)
+                if explained is not None:
+                    self._notes.note(self.lines_seen, line, explained)
                 if item is not None:
                     self._append(item)
             if item is not None:
@@ -178,11 +180,6 @@ class MarkerStream:
         """The latest CONFIG line (the guest's effective configuration)."""
         with self._cond:
             return self._latest_kind("CONFIG")
-
-    def explaining(self) -> list[str]:
-        """The serial lines (with their numbers) that explain an end: a panic, an oops, a power-off."""
-        with self._cond:
-            return self._notes.lines()
 
     @property
     def end_kinds(self) -> list[str]:
@@ -308,11 +305,6 @@ class MarkerStream:
             self._aborts[thread_id] = reason(wait)
             self._cond.notify_all()
             return True
-
-    def waiting(self, thread_id: int) -> Wait | None:
-        """What thread ``thread_id`` waits for on this stream, if it does. Lock-free (a dict read), so a signal
-        handler that interrupted this very thread may ask."""
-        return self._waits.get(thread_id)
 
     @property
     def waits(self) -> list[Wait]:

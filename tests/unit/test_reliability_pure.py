@@ -45,7 +45,10 @@ def test_explains(line: str, kind: str | None) -> None:
 def test_end_notes_keep_the_first_and_the_last_with_line_numbers() -> None:
     notes = EndNotes(first=2, last=3)
     for n in range(1, 101):
-        notes.feed(n, f"[x] BUG: number {n}" if n % 10 == 0 else f"line {n}")
+        line = f"[x] BUG: number {n}" if n % 10 == 0 else f"line {n}"
+        kind = explains(line)
+        if kind is not None:
+            notes.note(n, line, kind)
     lines = notes.lines()
     assert lines[0] == "serial line 10: [x] BUG: number 10" and lines[1].startswith("serial line 20:")
     assert lines[2] == "... 5 more such line(s) in serial.log ..."
@@ -218,7 +221,7 @@ def test_abort_wait_ends_only_that_threads_wait_and_names_what_it_waited_for() -
 
     t = threading.Thread(target=waiter)
     t.start()
-    while t.ident is None or stream.waiting(t.ident) is None:
+    while not stream.waits:
         time.sleep(0.01)
     assert not stream.abort_wait(threading.get_ident(), lambda w: AeroFailure(TIMEOUT, w.what))  # not waiting
     assert stream.abort_wait(t.ident, lambda w: AeroFailure(TIMEOUT, f"gave up on the {w.what}"))
