@@ -99,11 +99,3 @@ class AeroRun:
                 "these tests with this configuration"
             )
         return RecordedVm(self.settings, planned, recording)
-
-    def planned(self, nodeid: str) -> PlannedVm | None:
-        if self.plan is None:
-            return None
-        try:
-            return self.plan.vm_of(nodeid)
-        except KeyError:
-            return None
