@@ -69,8 +69,10 @@ def junit_xml(config: pytest.Config) -> Any | None:
     fixture, and fixtures run in the workers, where there is no XML). The writer sits in the config's stash
     under ``_pytest.junitxml.xml_key``.
     """
-    from _pytest.junitxml import xml_key
-
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest that moved it
+        return None
     return config.stash.get(xml_key, None)
 
 
@@ -135,11 +137,7 @@ def write_junit_now(config: pytest.Config) -> bool:
     (``_pytest.junitxml.xml_key``); its ``pytest_sessionfinish`` takes no arguments and only writes the file.
     Under xdist this is the controller's job (workers have no LogXML), so it does nothing in a worker.
     """
-    try:
-        from _pytest.junitxml import xml_key
-    except ImportError:  # pragma: no cover - a pytest that moved it
-        return False
-    xml = config.stash.get(xml_key, None)
+    xml = junit_xml(config)
     if xml is None:
         return False
     try:
