@@ -31,6 +31,7 @@ EXPLAINING: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"Traceback \(most recent call last\)|Segmentation fault|segfault at"), "crash"),
 )
 
+
 def explains(line: str) -> str | None:
     """The kind of end a serial line explains (``panic``, ``oops``, ``poweroff``...), or None."""
     for pattern, kind in EXPLAINING:

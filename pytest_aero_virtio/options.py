@@ -51,7 +51,7 @@ class Option:
 
     @property
     def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+        return _dest(self.flag)
 
 
 def _vectors_option(dev: str | None) -> Option:
@@ -250,12 +250,13 @@ def register(parser: pytest.Parser) -> None:
             kw.update(action="store", metavar=opt.metavar, choices=opt.choices)
         group.addoption(opt.flag, **kw)
         for old in opt.old:
-            group.addoption(old, **{**kw, "dest": _old_dest(old), "help": argparse.SUPPRESS})
-            parser.addini(_old_dest(old), f"deprecated: use {opt.ini}", type=_INI_TYPE.get(opt.kind), default=None)  # type: ignore[arg-type]
+            group.addoption(old, **{**kw, "dest": _dest(old), "help": argparse.SUPPRESS})
+            parser.addini(_dest(old), f"deprecated: use {opt.ini}", type=_INI_TYPE.get(opt.kind), default=None)  # type: ignore[arg-type]
         parser.addini(opt.ini, opt.help + default_text, type=_INI_TYPE.get(opt.kind), default=None)  # type: ignore[arg-type]
 
 
-def _old_dest(flag: str) -> str:
+def _dest(flag: str) -> str:
+    """argparse's dest (and the ini name) of a flag: ``--vm-image`` -> ``vm_image``."""
     return flag.lstrip("-").replace("-", "_")
 
 
@@ -279,7 +280,7 @@ def collect(config: pytest.Config) -> dict[str, Any]:
     for opt in OPTIONS:
         cli, ini = config.getoption(opt.dest), _from_ini(config, opt, opt.ini)
         for old in opt.old:
-            old_cli, old_ini = config.getoption(_old_dest(old)), _from_ini(config, opt, _old_dest(old))
+            old_cli, old_ini = config.getoption(_dest(old)), _from_ini(config, opt, _dest(old))
             if old_cli is not None or old_ini is not None:
                 _warn_renamed(config, old, opt)
             cli = cli if cli is not None else old_cli
@@ -297,7 +298,7 @@ def collect(config: pytest.Config) -> dict[str, Any]:
 def _warn_renamed(config: pytest.Config, old: str, opt: Option) -> None:
     config.issue_config_time_warning(
         pytest.PytestDeprecationWarning(
-            f"{old} (ini {_old_dest(old)}) is renamed {opt.flag} (ini {opt.ini}); the old name will go away"
+            f"{old} (ini {_dest(old)}) is renamed {opt.flag} (ini {opt.ini}); the old name will go away"
         ),
         stacklevel=2,
     )

@@ -16,7 +16,7 @@ from typing import Any
 from .artifacts import ArtifactDir
 from .checks import GuestCheck, lookup
 from .config import RunOptions, VmConfig
-from .markers import HostMarker, Marker
+from .markers import VERDICTS, HostMarker, Marker
 from .plan import PlannedVm, required_checks
 from .report.screens import latest_screenshot, screen_path
 from .settings import Settings
@@ -84,7 +84,7 @@ class VmBase:
         print INFO progress lines before its verdict."""
         if lookup(name).expect == "info":
             return self.stream.wait_final(name, self.remaining())
-        return self.stream.wait_final(name, self.remaining(), statuses=("PASS", "FAIL", "SKIP"))
+        return self.stream.wait_final(name, self.remaining(), statuses=VERDICTS)
 
     def wait_result(self) -> Marker:
         return self.stream.wait_result(self.remaining())

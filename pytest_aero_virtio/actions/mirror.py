@@ -13,11 +13,9 @@ from collections.abc import Callable, Mapping
 from pytest_aero_virtio.actions import topics
 from pytest_aero_virtio.actions.base import ActionContext, Reaction
 from pytest_aero_virtio.errors import MIRROR_FAILED
-from pytest_aero_virtio.markers import HostMarker, Marker
+from pytest_aero_virtio.markers import FINAL_STATUSES, HostMarker, Marker
 
 __all__ = ["MIRROR", "mirror_of"]
-
-FINAL = frozenset({"PASS", "FAIL", "SKIP", "INFO"})
 
 #: guest test -> host topic, copying every field
 WHOLE: Mapping[str, str] = {
@@ -48,7 +46,7 @@ PARTS: Mapping[str, list[tuple[str, Callable[[str], bool]]]] = {
 
 def mirror_of(m: Marker) -> list[HostMarker]:
     """The host markers mirroring guest marker ``m`` (empty when it carries nothing to mirror)."""
-    if m.kind != "TEST" or m.name is None or m.status not in FINAL:
+    if m.kind != "TEST" or m.name is None or m.status not in FINAL_STATUSES:
         return []
     if m.name in WHOLE:
         return [HostMarker(topic=WHOLE[m.name], status=m.status, fields=dict(m.fields), tokens=m.tokens)]

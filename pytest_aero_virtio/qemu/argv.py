@@ -34,6 +34,7 @@ from typing import Literal
 
 from ..config import RunOptions, VmConfig
 from ..errors import IMAGE_UNREADABLE, AeroConfigError
+from ..preflight import QCOW2_MAGIC
 from .caps import Caps
 
 __all__ = [
@@ -78,7 +79,6 @@ FW_CFG_ARGS_NAME = "opt/aero/args"
 
 ImageFormat = Literal["raw", "qcow2"]
 
-QCOW2_MAGIC = b"QFI\xfb"
 #: The ``-add-fd`` set that holds the snapshot overlay's descriptor (``/dev/fdset/1``).
 OVERLAY_FDSET = 1
 
