@@ -33,7 +33,7 @@ from .host.portlock import PortLocks
 from .host.services import HostServices
 from .markers import HostMarker, Marker, StreamItem
 from .plan import PlannedVm, guest_args
-from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, detect_image_format, tablet_display
+from .qemu.argv import ImageFormat, RuntimePaths, anonymous_overlay, build_argv, image_format, tablet_display
 from .qemu.caps import Caps
 from .qemu.qmp import QmpChannel
 from .qemu.session import VmSession
@@ -208,8 +208,7 @@ class VmHandle(VmBase):
             self.overlay, self.image_format = anonymous_overlay(image)
             self.session.extra_fds = [self.overlay]
             return
-        with open(image, "rb") as fh:
-            self.image_format = detect_image_format(fh.read(512))
+        self.image_format = image_format(image)
 
     def start(self) -> None:
         self._write_vm_json()

@@ -49,6 +49,7 @@ __all__ = [
     "build_argv",
     "detect_image_format",
     "format_argv",
+    "image_format",
     "image_virtual_size",
     "prepare_overlay",
     "qcow2_overlay_bytes",
@@ -223,35 +224,28 @@ def _image_head(image: Path) -> tuple[bytes, int]:
         ) from exc
 
 
+def image_format(image: Path) -> ImageFormat:
+    """The format of ``image`` as QEMU is told it (``IMAGE_UNREADABLE`` when it cannot be read)."""
+    return detect_image_format(_image_head(image)[0])
+
+
 def anonymous_overlay(image: Path, directory: str | None = None) -> tuple[int, ImageFormat]:
     """An empty qcow2 overlay for ``image`` in a file without a name; (its read-write descriptor, the image's
     format). The caller hands the descriptor to QEMU (``RuntimePaths.overlay``) and closes its own copy.
 
-    ``O_TMPFILE`` makes the file nameless from the start: there is no instant at which a SIGKILL could leave it
-    in the temp directory, and it disappears with the last descriptor (QEMU's). Where the file system has no
-    ``O_TMPFILE``, a named file is unlinked right after creation (a window of microseconds).
+    ``tempfile.TemporaryFile`` opens it with ``O_TMPFILE`` (mode 0600), nameless from the start: there is no
+    instant at which a SIGKILL could leave it in the temp directory, and it disappears with the last descriptor
+    (QEMU's). Where the file system has no ``O_TMPFILE``, it unlinks a named file right after creation (a
+    window of microseconds).
     """
     head, size = _image_head(image)
     data = qcow2_overlay_bytes(image_virtual_size(head, size))
-    where = directory or tempfile.gettempdir()
-    try:
-        fd = os.open(where, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except (AttributeError, OSError):
-        fd, name = tempfile.mkstemp(prefix="aero-overlay-", dir=where)
-        os.unlink(name)
-    try:
-        _write_all(fd, data)
-        os.lseek(fd, 0, os.SEEK_SET)
-    except BaseException:
-        os.close(fd)
-        raise
+    with tempfile.TemporaryFile(dir=directory) as fh:
+        fh.write(data)
+        fh.flush()
+        fd = os.dup(fh.fileno())
+    os.lseek(fd, 0, os.SEEK_SET)
     return fd, detect_image_format(head)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def prepare_overlay(image: Path, overlay: Path) -> ImageFormat:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..plan import PlannedVm
-from ..qemu.argv import ImageFormat, UnixSocket, build_argv, prepare_overlay
+from ..qemu.argv import ImageFormat, UnixSocket, build_argv, image_format, prepare_overlay
 from ..run import AeroRun
 from ..vm import runtime_paths
 
@@ -58,8 +58,8 @@ def _vm_command(run: AeroRun, vm: PlannedVm, directory: Path) -> list[str]:
     vm_dir.mkdir(parents=True, exist_ok=True)
     overlay = vm_dir / "overlay.qcow2"
     fmt: ImageFormat = "raw"
-    if o.image is not None and o.snapshot:
-        fmt = prepare_overlay(o.image, overlay)
+    if o.image is not None:  # the format rule of a boot (VmHandle._prepare_disk): the overlay's base, or the image
+        fmt = prepare_overlay(o.image, overlay) if o.snapshot else image_format(o.image)
     rt = runtime_paths(
         settings,
         vm.config,

@@ -141,6 +141,20 @@ def test_dry_run_prints_argv_and_runs_nothing(pytester: pytest.Pytester, artifac
     assert not qemu_pids_with(str(artifacts))
 
 
+def test_dry_run_without_snapshot_names_the_image_format(
+    pytester: pytest.Pytester, artifacts: Path, tmp_path: Path
+) -> None:
+    """--vm-snapshot=off boots the image itself: the dry run tells QEMU its format as a boot does (qcow2 here)."""
+    image = tmp_path / "guest.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    kernel = tmp_path / "vmlinuz"  # never booted: the dry run only prints the command
+    kernel.write_bytes(b"\0" * 512)
+    args = (f"--vm-image={image}", f"--vm-kernel={kernel}", "--vm-snapshot=off", "--vm-dry-run")
+    res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", *args)
+    assert res.ret == 0
+    res.stdout.fnmatch_lines(["*driver=qcow2,node-name=disk0,file=disk0-file*"])
+
+
 def test_dry_run_command_pasted_into_a_shell_boots_the_guest(pytester: pytest.Pytester, artifacts: Path) -> None:
     res = run(pytester, RESULT_TEST, f"--vm-artifacts={artifacts}", "--vm-dry-run")
     lines = res.stdout.lines
