@@ -25,8 +25,7 @@ from .artifacts import ArtifactDir
 from .errors import QEMU_EXITED, AeroConfigError, AeroFailure, EvidenceMissing
 from .markers import HostMarker, LineSplitter, parse_line
 from .plan import PlannedVm
-from .qemu.lifecycle import exit_failure
-from .qemu.process import read_tail
+from .qemu.lifecycle import exit_failure, qemu_stderr_tail
 from .settings import Settings
 from .stream import MarkerStream
 from .vmbase import VmBase, pci_ids
@@ -198,7 +197,7 @@ class RecordedVm(VmBase):
             during_start=False,
             result_seen=self.stream.result is not None,
             stopped_how=None if how == "exited" else how,
-            stderr_tail=read_tail(self.artifacts.stderr, 20, skip_prefix="[aero-harness]"),
+            stderr_tail=qemu_stderr_tail(self.artifacts.stderr),
             artifacts=self.artifact_paths(),
         )
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import QEMU_EXITED, TIMEOUT, AeroFailure
-from .process import describe_status
+from .process import describe_status, read_tail
 
 if TYPE_CHECKING:
     from ..markers import StreamItem
 
 __all__ = [
     "BENIGN_STDERR",
+    "HARNESS_PREFIX",
     "TRANSITIONS",
     "Ending",
     "Reactions",
@@ -29,8 +30,18 @@ __all__ = [
     "StopTimeouts",
     "exit_failure",
     "handshake_failure",
+    "qemu_stderr_tail",
     "stderr_that_matters",
 ]
+
+#: Lines the harness itself adds to qemu-stderr.log start with this (they are not QEMU's words).
+HARNESS_PREFIX = "[aero-harness]"
+
+
+def qemu_stderr_tail(stderr_log: Path, lines: int = 20) -> list[str]:
+    """The last lines QEMU wrote on stdout/stderr, read back from qemu-stderr.log (the harness's own lines
+    left out): what an exit failure quotes, live or replayed."""
+    return read_tail(stderr_log, lines, skip_prefix=HARNESS_PREFIX)
 
 
 class Runstate(Enum):

@@ -36,6 +36,7 @@ from ..artifacts import ArtifactDir
 from ..errors import QEMU_EXITED, TIMEOUT, AeroConfigError, AeroError, AeroFailure
 from ..guest_end import describe_guest_end
 from .lifecycle import (
+    HARNESS_PREFIX,
     TRANSITIONS,
     Ending,
     Reactions,
@@ -44,9 +45,10 @@ from .lifecycle import (
     StopTimeouts,
     exit_failure,
     handshake_failure,
+    qemu_stderr_tail,
 )
 from .loop import LoopThread
-from .process import QemuProcess, describe_status, read_tail
+from .process import QemuProcess, describe_status
 from .qmp import QmpChannel
 from .serial import ConsolePipes, SerialReader
 from .watchdog import SilenceWatch, silence_failure, warn_after
@@ -61,8 +63,6 @@ LOG = logging.getLogger(__name__)
 
 #: How long an exit waits for console EOF before the stream is closed (immediate unless a stray process holds it).
 _SERIAL_DRAIN_S = 0.5
-#: Lines the harness itself adds to qemu-stderr.log start with this (they are not QEMU's words).
-HARNESS_PREFIX = "[aero-harness]"
 
 
 ArgvFactory = Callable[[int], Sequence[str]]
@@ -179,10 +179,6 @@ class VmSession:
         last = self._serial.last_output if self._serial is not None else None
         return last if last is not None else self._t0
 
-    def stderr_tail(self, lines: int = 20) -> list[str]:
-        """The last lines QEMU wrote on stdout/stderr (read back from qemu-stderr.log)."""
-        return read_tail(self.artifacts.stderr, lines, skip_prefix=HARNESS_PREFIX)
-
     def _exit_failure(self) -> AeroFailure:
         """Why the stream ends now: the one place a QEMU-is-gone failure is built."""
         artifacts = self.artifacts.paths(existing_only=True)
@@ -195,7 +191,7 @@ class VmSession:
             during_start=self._state is Runstate.STARTING,
             result_seen=self.stream.result is not None,
             stopped_how=stopped_how,
-            stderr_tail=self.stderr_tail(),
+            stderr_tail=qemu_stderr_tail(self.artifacts.stderr),
             artifacts=artifacts,
             guest_end=describe_guest_end(self.stream.end_kinds, self.qmp_channel.events),
         )
