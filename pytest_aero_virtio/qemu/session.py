@@ -51,7 +51,7 @@ from .loop import LoopThread
 from .process import QemuProcess, describe_status
 from .qmp import QmpChannel
 from .serial import ConsolePipes, SerialReader
-from .watchdog import SilenceWatch, silence_failure, warn_after
+from .watchdog import SilenceWatch, silence_failure
 
 if TYPE_CHECKING:
     from ..host.services import HostServices
@@ -79,7 +79,7 @@ class VmSession:
     added to the harness's environment. ``silence_timeout``: if the console stays silent that long (any quiet
     stretch before RESULT), the stream is closed with ``NO_SERIAL_OUTPUT`` (QEMU keeps running until
     :meth:`stop`); ``silence_warn(quiet_s)`` is called on the VM loop (it must not block) once per quiet stretch
-    after :func:`.watchdog.warn_after` seconds (60, or half the timeout if shorter).
+    after :attr:`.watchdog.SilenceWatch.warn_after` seconds (60, or half the timeout if shorter).
     """
 
     def __init__(
@@ -338,12 +338,10 @@ class VmSession:
         self._serial = SerialReader(serial_log, self._on_serial_line)
         self._serial.start(pipes.output, self.name)
         if self._silence_timeout is not None:
-            warn = warn_after(self._silence_timeout) if self._silence_warn else None
             self.silence = SilenceWatch(
                 self._silence_timeout,
                 self._last_output,
                 self._on_silence,
-                warn_after=warn,
                 on_warn=self._silence_warn,
                 active=self._guest_may_speak,
             )

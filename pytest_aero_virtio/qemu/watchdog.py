@@ -2,9 +2,9 @@
 
 Every quiet stretch counts, not only the wait for the first byte: a guest that printed START and then hung
 (a blue screen, a dialog, a deadlocked driver) is as stuck as one that never printed. After ``warn_after``
-seconds of silence the owner is told once per quiet stretch (a terminal warning, a screenshot); after
-``timeout`` seconds the run of that VM is declared failed. A check that legitimately stays quiet longer
-says so with :meth:`SilenceWatch.allow_quiet`.
+seconds of silence (60, or half the timeout if shorter) the owner is told once per quiet stretch (a terminal
+warning, a screenshot); after ``timeout`` seconds the run of that VM is declared failed. A check that
+legitimately stays quiet longer says so with :meth:`SilenceWatch.allow_quiet`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,11 @@ from pathlib import Path
 
 from ..errors import NO_SERIAL_OUTPUT, AeroFailure
 
-__all__ = ["SILENCE_WARN_S", "SilenceWatch", "silence_failure", "warn_after"]
+__all__ = ["SILENCE_WARN_S", "SilenceWatch", "silence_failure"]
 
 LOG = logging.getLogger(__name__)
 #: A guest quiet this long (or half the silence timeout, if shorter) gets a warning line while the run goes on.
 SILENCE_WARN_S = 60.0
-
-
-def warn_after(timeout: float) -> float:
-    """When a quiet stretch earns a warning: 60 s, or half the silence timeout if that is shorter."""
-    return min(SILENCE_WARN_S, timeout / 2)
 
 
 def silence_failure(quiet_s: float, printed_before: bool, artifacts: Mapping[str, Path]) -> AeroFailure:
@@ -44,7 +39,7 @@ def silence_failure(quiet_s: float, printed_before: bool, artifacts: Mapping[str
 
 class SilenceWatch:
     """Polls the time of the last output once a second on the VM loop (cheap, and exact enough). Nothing fires
-    while ``active()`` is false."""
+    while ``active()`` is false; without ``on_warn`` nothing warns."""
 
     def __init__(
         self,
@@ -52,18 +47,17 @@ class SilenceWatch:
         last_output: Callable[[], float],
         on_timeout: Callable[[float], None],
         *,
-        warn_after: float | None = None,
         on_warn: Callable[[float], None] | None = None,
-        poll_s: float = 1.0,
         active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.timeout = timeout
-        self.warn_after = warn_after
+        #: When a quiet stretch earns a warning: 60 s, or half the silence timeout if that is shorter.
+        self.warn_after = min(SILENCE_WARN_S, timeout / 2)
         self._last_output = last_output
         self._on_timeout = on_timeout
         self._on_warn = on_warn
         self._active = active
-        self._poll_s = min(poll_s, timeout / 4)
+        self._poll_s = min(1.0, timeout / 4)
         self._quiet_ok_until = 0.0
         self._warned_for: float | None = None
 
@@ -71,10 +65,9 @@ class SilenceWatch:
         """A check that legitimately prints nothing for a while: no silence counts for ``seconds`` from now."""
         self._quiet_ok_until = max(self._quiet_ok_until, time.monotonic() + seconds)
 
-    def quiet_for(self, now: float | None = None) -> float:
+    def quiet_for(self) -> float:
         """Seconds of silence that count (a permitted quiet period does not)."""
-        now = time.monotonic() if now is None else now
-        return now - max(self._last_output(), self._quiet_ok_until)
+        return time.monotonic() - max(self._last_output(), self._quiet_ok_until)
 
     async def run(self) -> None:
         """Until the timeout fires (then once ``on_timeout(quiet_s)``) or the task is cancelled."""
@@ -86,7 +79,7 @@ class SilenceWatch:
             if quiet >= self.timeout:
                 self._on_timeout(quiet)
                 return
-            if self.warn_after is not None and self._on_warn is not None and quiet >= self.warn_after:
+            if self._on_warn is not None and quiet >= self.warn_after:
                 stretch = self._last_output()
                 if self._warned_for != stretch:
                     self._warned_for = stretch
