@@ -30,7 +30,7 @@ from typing import Any
 
 from ..config import QemuCommand
 from ..errors import QEMU_NOT_FOUND, AeroConfigError
-from .process import run_child
+from .process import run_child_text
 
 __all__ = [
     "PROBED_DEVICES",
@@ -237,7 +237,7 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
     """One probe, with a QEMU run's hygiene (own process group, parent-death signal, group killed on timeout):
     a launcher script that hangs must not leave its QEMU behind."""
     try:
-        raw = run_child(argv, PROBE_TIMEOUT_S, input=stdin.encode() if stdin is not None else None)
+        return run_child_text(argv, PROBE_TIMEOUT_S, input=stdin.encode() if stdin is not None else None)
     except subprocess.TimeoutExpired as exc:
         raise AeroConfigError(
             f"QEMU probe {' '.join(argv[1:])!r} did not finish within {PROBE_TIMEOUT_S:g} s",
@@ -248,9 +248,6 @@ def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProce
         raise AeroConfigError(
             f"cannot run QEMU {argv[0]}: {exc.strerror or exc}", fix=_FIX, token=QEMU_NOT_FOUND
         ) from exc
-    out = raw.stdout.decode(errors="replace")
-    err = raw.stderr.decode(errors="replace")
-    return subprocess.CompletedProcess(raw.args, raw.returncode, out, err)
 
 
 def _tail(text: str, n: int = 5) -> str:

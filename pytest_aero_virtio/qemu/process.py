@@ -40,6 +40,7 @@ __all__ = [
     "qemu_not_found",
     "read_tail",
     "run_child",
+    "run_child_text",
     "tail_lines",
 ]
 
@@ -157,6 +158,21 @@ def run_child(
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_child_text(
+    argv: Sequence[str],
+    timeout: float | None,
+    *,
+    input: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """:func:`run_child` with its output decoded (undecodable bytes replaced: a probe's or a tool's words are
+    for a message, never parsed as binary)."""
+    raw = run_child(argv, timeout, input=input, env=env, cwd=cwd)
+    out, err = (b.decode(errors="replace") for b in (raw.stdout, raw.stderr))
+    return subprocess.CompletedProcess(raw.args, raw.returncode, out, err)
 
 
 # Re-entrant: kill_all() may run in a signal handler that interrupted this very lock's holder (main thread).

@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pytest_aero_virtio.qemu.process import run_child
+from pytest_aero_virtio.qemu.process import run_child_text
 
 PYVER = "3.13"
 LIBDIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib")
@@ -29,9 +29,7 @@ def run_captured(
     """Run a build step's child to completion, output decoded. It goes through :func:`run_child`: its own
     process group, killed with the harness (and on ``timeout``: TimeoutExpired), so a build interrupted at any
     instant (Ctrl-C, SIGTERM, a killed pytest) leaves no apt-get, dpkg-deb or mkfs running."""
-    raw = run_child(argv, timeout, env=env, cwd=cwd)
-    out, err = (b.decode(errors="replace") for b in (raw.stdout, raw.stderr))
-    return subprocess.CompletedProcess(raw.args, raw.returncode, out, err)
+    return run_child_text(argv, timeout, env=env, cwd=cwd)
 
 
 def run_tool(argv: list[str], env: dict[str, str] | None = None) -> None:
