@@ -50,9 +50,9 @@ FLAGS = frozenset(
 )
 # Aliases the Windows selftest accepts.
 FLAG_ALIASES = {"test-tablet-events": "test-input-tablet-events", "test-snd": "require-snd"}
-VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root", "noise-line-bytes", "noise-binary-bytes"})
 # Serial-cost measurement: bytes of one long printable line / of a binary burst written before every marker.
 NOISE_ARGS = ("noise-line-bytes", "noise-binary-bytes")
+VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root", *NOISE_ARGS})
 NOISE_MAX = 64 * 1024 * 1024
 
 ENV_PREFIX = "AERO_VIRTIO_SELFTEST_"
@@ -163,14 +163,16 @@ def merge(sources: Iterable[tuple[str, Sequence[str]]]) -> Config:
         _apply_tokens(state, tokens)
     unknown = list(state.unknown)
     values = state.values
+    udp_port = _int_value(values, "udp-port", DEFAULT_UDP_PORT, 1, 65535, unknown)  # bad ones reported in this order
+    noise_line_bytes, noise_binary_bytes = (_int_value(values, name, 0, 0, NOISE_MAX, unknown) for name in NOISE_ARGS)
     return Config(
         flags=frozenset(state.flags),
         http_url=values.get("http-url", DEFAULT_HTTP_URL),
-        udp_port=_int_value(values, "udp-port", DEFAULT_UDP_PORT, 1, 65535, unknown),
+        udp_port=udp_port,
         dns_host=values.get("dns-host", DEFAULT_DNS_HOST),
         blk_root=values.get("blk-root", ""),
-        noise_line_bytes=_int_value(values, "noise-line-bytes", 0, 0, NOISE_MAX, unknown),
-        noise_binary_bytes=_int_value(values, "noise-binary-bytes", 0, 0, NOISE_MAX, unknown),
+        noise_line_bytes=noise_line_bytes,
+        noise_binary_bytes=noise_binary_bytes,
         unknown=tuple(unknown),
         sources=tuple(used),
     )
