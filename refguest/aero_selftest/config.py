@@ -2,7 +2,8 @@
 
 Sources, in order: ``AERO_VIRTIO_SELFTEST_*`` environment variables (the Windows selftest's names),
 ``/etc/aero-selftest/args`` (baked into the image), the fw_cfg file ``opt/aero/args`` (per run, from the
-host), then the process's own argv.  Each file holds args in shell syntax (split with :mod:`shlex`).
+host), then the process's own argv.  Each file holds args in shell syntax (split with :mod:`shlex`); both are
+read once per boot, by :func:`early.read_args`, and their texts handed to :func:`load`.
 Flags accumulate across sources (``--no-<flag>`` removes one); valued args are replaced by later sources.
 Unknown args never stop the run: they are collected and reported in an INFO line, so an older guest
 keeps working with a newer host.
@@ -12,13 +13,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
-from . import early
 from .record import record
-
-IMAGE_ARGS = Path(early.IMAGE_ARGS)
-FW_CFG_ARGS = Path(early.FW_CFG_ARGS)
 
 DEFAULT_HTTP_URL = "http://10.0.2.2:18080/aero-virtio-selftest"
 DEFAULT_UDP_PORT = 18081
@@ -178,28 +174,18 @@ def merge(sources: Iterable[tuple[str, Sequence[str]]]) -> Config:
     )
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
+def load(argv: Sequence[str], environ: Mapping[str, str], image_text: str, fw_cfg_text: str) -> Config:
+    """Merge every source (env, image file, fw_cfg, argv).
 
-
-def load(
-    argv: Sequence[str],
-    environ: Mapping[str, str],
-    image_args: Path = IMAGE_ARGS,
-    fw_cfg_args: Path = FW_CFG_ARGS,
-) -> Config:
-    """Read every source and merge them (env, image file, fw_cfg, argv)."""
+    ``image_text``, ``fw_cfg_text``: the two args files' texts as :func:`early.read_args` read them (empty for
+    a file that is missing or unreadable: no tokens, and not listed among the sources).
+    """
     sources: list[tuple[str, Sequence[str]]] = [("env", env_tokens(environ))]
-    for name, path in (("image", image_args), ("fw_cfg", fw_cfg_args)):
-        text = _read_text(path)
-        if text is not None:
-            try:
-                sources.append((name, split_args(text)))
-            except ValueError as exc:  # unbalanced quotes: report, keep going with the rest
-                sources.append((name, [f"<{name}: unparsable args: {exc}>"]))
+    for name, text in (("image", image_text), ("fw_cfg", fw_cfg_text)):
+        try:
+            sources.append((name, split_args(text)))
+        except ValueError as exc:  # unbalanced quotes: report, keep going with the rest
+            sources.append((name, [f"<{name}: unparsable args: {exc}>"]))
     sources.append(("argv", list(argv)))
     return merge(sources)
 
