@@ -54,7 +54,9 @@ def harness_run(args: list[str], artifacts: Path) -> float:
     t0 = time.monotonic()
     subprocess.run(
         [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", f"--vm-artifacts={artifacts}", *args],
-        cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     return time.monotonic() - t0
 
@@ -131,21 +133,34 @@ def main() -> int:
 
     print(f"bare:    wall {fmt(bare_wall)};  QEMU start -> RESULT {fmt(bare_result)}")
     print(f"harness: wall {fmt(harness_wall)};  QEMU start -> RESULT {fmt(harness_result)}")
-    print(f"ratio harness/bare: wall {statistics.median(harness_wall) / statistics.median(bare_wall):.2f}, "
-          f"to RESULT {statistics.median(harness_result) / statistics.median(bare_result):.2f}")
-    print(f"marker arrival, harness - bare (same marker): median {statistics.median(deltas) * 1000:+.0f} ms, "
-          f"max {max(deltas) * 1000:+.0f} ms over {len(deltas)} markers")
+    print(
+        f"ratio harness/bare: wall {statistics.median(harness_wall) / statistics.median(bare_wall):.2f}, "
+        f"to RESULT {statistics.median(harness_result) / statistics.median(bare_result):.2f}"
+    )
+    print(
+        f"marker arrival, harness - bare (same marker): median {statistics.median(deltas) * 1000:+.0f} ms, "
+        f"max {max(deltas) * 1000:+.0f} ms over {len(deltas)} markers"
+    )
     wake = stream_wake_latency()
     print(f"stream -> waiting test wake-up: median {statistics.median(wake):.3f} ms, max {max(wake):.3f} ms")
 
     art = tmp / "ready"
-    harness_run(["vmm_flows/test_input_events.py", "vmm_flows/test_blk.py", "vmm_flows/test_net.py",
-                 "-k", "events or resize or media or link_flap", *qemu_args], art)
+    harness_run(
+        [
+            "vmm_flows/test_input_events.py",
+            "vmm_flows/test_blk.py",
+            "vmm_flows/test_net.py",
+            "-k",
+            "events or resize or media or link_flap",
+            *qemu_args,
+        ],
+        art,
+    )
     latencies: dict[str, float] = {}
     for timeline in timelines(art):
         for i, entry in enumerate(timeline):
             if entry.get("status") == "READY" and "name" in entry:
-                answer = next((e for e in timeline[i + 1:] if "host" in e), None)
+                answer = next((e for e in timeline[i + 1 :] if "host" in e), None)
                 if answer is not None:
                     latencies[str(entry["name"])] = (float(answer["t"]) - float(entry["t"])) * 1000  # type: ignore[arg-type]
     for name, ms in sorted(latencies.items()):
