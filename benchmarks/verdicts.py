@@ -15,14 +15,15 @@ Prints, on the reference guest (pinned QEMU 10 unless --qemu; TCG):
 4. ``vmm_flows``: wall time with ``-n 1`` and ``-n 2``.
 
 Usage: .venv/bin/python benchmarks/verdicts.py [--qemu PATH] [--runs N] [--skip-flows]
+
+The bare and plugin runs, their timelines and the xdist walls are measured by benchmarks/flows_vs_bare.py's
+code (imported from this script's directory).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,75 +32,61 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO))
+# This script's directory is sys.path[0]: the measuring code shared with flows_vs_bare.py.
+from flows_vs_bare import (
+    BASE_SET,
+    ROOT,
+    Marker,
+    bare_run,
+    children_cpu,
+    is_result,
+    pytest_argv,
+    timeline_markers,
+    timelines,
+    xdist_walls,
+)
 
-from pytest_aero_virtio.qemu.loop import LoopThread  # noqa: E402
-from pytest_aero_virtio.qemu.serial import ConsolePipes, SerialReader  # noqa: E402
-from pytest_aero_virtio.stream import MarkerStream  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
-PREFIX = b"AERO_VIRTIO_SELFTEST|"
+from pytest_aero_virtio.qemu.loop import LoopThread
+from pytest_aero_virtio.qemu.serial import ConsolePipes, SerialReader
+from pytest_aero_virtio.stream import MarkerStream
+
 NOISE = ("--noise-line-bytes=1048576", "--noise-binary-bytes=65536")
 
 
 def timed(argv: list[str], **kw: object) -> tuple[float, float, subprocess.CompletedProcess[bytes]]:
     """(wall s, CPU s of the command and all it started, result)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = children_cpu()
     t0 = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, check=False, **kw)  # type: ignore[call-overload]
     wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, proc
+    return wall, children_cpu() - cpu0, proc
+
+
+def first_and_result(markers: list[Marker]) -> tuple[float | None, float | None]:
+    """s to the first marker and to the (last) RESULT marker; None for one not seen."""
+    first = markers[0][0] if markers else None
+    result = next((at_s for at_s, key in reversed(markers) if is_result(key)), None)
+    return first, result
 
 
 def bare(qemu: str | None, guest_args: tuple[str, ...] = ()) -> tuple[float, float, float | None, float | None]:
     """(wall, cpu, first marker s, RESULT s) of the yardstick; marker times from QEMU's spawn (stdout read live)."""
-    argv = [str(BIN / "aero-virtio-refenv"), "bare", "--run", "--no-snd", *(f"--guest-arg={a}" for a in guest_args)]
-    argv += ["--qemu", qemu] if qemu else []
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    first = result = None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if PREFIX in line:
-            now = time.monotonic() - t0
-            first = first if first is not None else now
-            if b"|RESULT|" in line:
-                result = now
-    proc.wait()
-    wall = time.monotonic() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), first, result
+    wall, cpu, markers = bare_run(qemu, guest_args)
+    first, result = first_and_result(markers)
+    return wall, cpu, first, result
 
 
 def plugin(
     qemu: str | None, art: Path, guest_args: tuple[str, ...] = ()
 ) -> tuple[float, float, float | None, float | None]:
-    argv = [
-        str(BIN / "pytest"),
-        "-q",
-        "-p",
-        "no:cacheprovider",
-        f"--vm-artifacts={art}",
-        "vmm_flows/test_selftest.py",
-        "-k",
-        "result",
-        *(f"--vm-guest-arg={a}" for a in guest_args),
-    ]
-    argv += [f"--qemu-system={qemu}"] if qemu else []
-    wall, cpu, proc = timed(argv, cwd=REPO)
+    args = [*BASE_SET, *(f"--vm-guest-arg={a}" for a in guest_args)]
+    args += [f"--qemu-system={qemu}"] if qemu else []
+    wall, cpu, proc = timed(pytest_argv(art, args), cwd=ROOT)
     if proc.returncode != 0:
         print(proc.stdout.decode(errors="replace")[-2000:], file=sys.stderr)
-    first = result = None
-    for path in art.glob("*/timeline.jsonl"):
-        for entry in map(json.loads, path.read_text().splitlines()):
-            if "kind" in entry:
-                first = first if first is not None else float(entry["t"])
-                if entry["kind"] == "RESULT":
-                    result = float(entry["t"])
+    first, result = first_and_result([m for timeline in timelines(art) for m in timeline_markers(timeline)])
     return wall, cpu, first, result
 
 
@@ -185,9 +172,7 @@ def main() -> int:
     )
     if not args.skip_flows:
         q = [f"--qemu-system={args.qemu}"] if args.qemu else []
-        pytest = [str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", "vmm_flows", *q]
-        one = timed([*pytest, f"--vm-artifacts={tmp / 'n1'}"], cwd=REPO)[0]
-        two = timed([*pytest, "-n", "2", f"--vm-artifacts={tmp / 'n2'}"], cwd=REPO)[0]
+        one, two = xdist_walls(q, tmp, check=False)
         print(f"vmm_flows (43 tests): -n 1 {one:.1f} s, -n 2 {two:.1f} s")
     print(f"(artifacts in {tmp})")
     return 0

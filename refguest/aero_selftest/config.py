@@ -2,7 +2,8 @@
 
 Sources, in order: ``AERO_VIRTIO_SELFTEST_*`` environment variables (the Windows selftest's names),
 ``/etc/aero-selftest/args`` (baked into the image), the fw_cfg file ``opt/aero/args`` (per run, from the
-host), then the process's own argv.  Each file holds args in shell syntax (split with :mod:`shlex`).
+host), then the process's own argv.  Each file holds args in shell syntax (split with :mod:`shlex`); both are
+read once per boot, by :func:`early.read_args`, and their texts handed to :func:`load`.
 Flags accumulate across sources (``--no-<flag>`` removes one); valued args are replaced by later sources.
 Unknown args never stop the run: they are collected and reported in an INFO line, so an older guest
 keeps working with a newer host.
@@ -12,13 +13,8 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
-from . import early
 from .record import record
-
-IMAGE_ARGS = Path(early.IMAGE_ARGS)
-FW_CFG_ARGS = Path(early.FW_CFG_ARGS)
 
 DEFAULT_HTTP_URL = "http://10.0.2.2:18080/aero-virtio-selftest"
 DEFAULT_UDP_PORT = 18081
@@ -50,9 +46,9 @@ FLAGS = frozenset(
 )
 # Aliases the Windows selftest accepts.
 FLAG_ALIASES = {"test-tablet-events": "test-input-tablet-events", "test-snd": "require-snd"}
-VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root", "noise-line-bytes", "noise-binary-bytes"})
 # Serial-cost measurement: bytes of one long printable line / of a binary burst written before every marker.
 NOISE_ARGS = ("noise-line-bytes", "noise-binary-bytes")
+VALUED = frozenset({"http-url", "udp-port", "dns-host", "blk-root", *NOISE_ARGS})
 NOISE_MAX = 64 * 1024 * 1024
 
 ENV_PREFIX = "AERO_VIRTIO_SELFTEST_"
@@ -163,41 +159,33 @@ def merge(sources: Iterable[tuple[str, Sequence[str]]]) -> Config:
         _apply_tokens(state, tokens)
     unknown = list(state.unknown)
     values = state.values
+    udp_port = _int_value(values, "udp-port", DEFAULT_UDP_PORT, 1, 65535, unknown)  # bad ones reported in this order
+    noise_line_bytes, noise_binary_bytes = (_int_value(values, name, 0, 0, NOISE_MAX, unknown) for name in NOISE_ARGS)
     return Config(
         flags=frozenset(state.flags),
         http_url=values.get("http-url", DEFAULT_HTTP_URL),
-        udp_port=_int_value(values, "udp-port", DEFAULT_UDP_PORT, 1, 65535, unknown),
+        udp_port=udp_port,
         dns_host=values.get("dns-host", DEFAULT_DNS_HOST),
         blk_root=values.get("blk-root", ""),
-        noise_line_bytes=_int_value(values, "noise-line-bytes", 0, 0, NOISE_MAX, unknown),
-        noise_binary_bytes=_int_value(values, "noise-binary-bytes", 0, 0, NOISE_MAX, unknown),
+        noise_line_bytes=noise_line_bytes,
+        noise_binary_bytes=noise_binary_bytes,
         unknown=tuple(unknown),
         sources=tuple(used),
     )
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
+def load(argv: Sequence[str], environ: Mapping[str, str], image_text: str, fw_cfg_text: str) -> Config:
+    """Merge every source (env, image file, fw_cfg, argv).
 
-
-def load(
-    argv: Sequence[str],
-    environ: Mapping[str, str],
-    image_args: Path = IMAGE_ARGS,
-    fw_cfg_args: Path = FW_CFG_ARGS,
-) -> Config:
-    """Read every source and merge them (env, image file, fw_cfg, argv)."""
+    ``image_text``, ``fw_cfg_text``: the two args files' texts as :func:`early.read_args` read them (empty for
+    a file that is missing or unreadable: no tokens, and not listed among the sources).
+    """
     sources: list[tuple[str, Sequence[str]]] = [("env", env_tokens(environ))]
-    for name, path in (("image", image_args), ("fw_cfg", fw_cfg_args)):
-        text = _read_text(path)
-        if text is not None:
-            try:
-                sources.append((name, split_args(text)))
-            except ValueError as exc:  # unbalanced quotes: report, keep going with the rest
-                sources.append((name, [f"<{name}: unparsable args: {exc}>"]))
+    for name, text in (("image", image_text), ("fw_cfg", fw_cfg_text)):
+        try:
+            sources.append((name, split_args(text)))
+        except ValueError as exc:  # unbalanced quotes: report, keep going with the rest
+            sources.append((name, [f"<{name}: unparsable args: {exc}>"]))
     sources.append(("argv", list(argv)))
     return merge(sources)
 

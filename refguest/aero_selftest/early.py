@@ -5,7 +5,9 @@ host's sign that the selftest is alive, so ``__main__`` writes it from here with
 ``fcntl`` loaded and only then imports the rest.  One exception: when an args source asks for serial
 noise (``--noise-line-bytes=`` / ``--noise-binary-bytes=``), the noise must come before every marker, so
 START is left to :func:`aero_selftest.main.main`, which writes it after the noise once the configuration
-is parsed.  The check is a plain substring test on the raw sources; the parsed configuration decides.
+is parsed.  The check is a plain substring test on the raw sources; the parsed configuration decides.  The
+two args files are read once per boot (:func:`read_args`): the same texts go to :func:`begin` and on to
+:func:`aero_selftest.config.load`.
 
 This module is also where the VGA text console mirror is opened (``AERO_SELFTEST_CONSOLE``, set by the
 image's /init): markers shown there make a screenshot of the VM show the selftest's progress.  The image
@@ -60,12 +62,18 @@ def raw_output(fd: int) -> None:
             pass
 
 
-def _read(path: str) -> str:
+def read_text(path: str) -> str:
+    """A file's text, "" when it cannot be read (a missing file gives no args)."""
     try:
         with open(path, "rb") as fh:
             return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+def read_args() -> tuple[str, str]:
+    """The texts of the image's args file and of the fw_cfg one, in that order ("" for one not there)."""
+    return read_text(IMAGE_ARGS), read_text(FW_CFG_ARGS)
 
 
 def noise_requested(argv: "Sequence[str]", texts: "Sequence[str]") -> bool:
@@ -129,15 +137,12 @@ def seed_crng() -> None:
 
 
 def begin(
-    argv: "Sequence[str]",
-    version: int,
-    out_fd: int = 1,
-    console_fd: int | None = None,
-    sources: "Sequence[str]" = (IMAGE_ARGS, FW_CFG_ARGS),
+    argv: "Sequence[str]", version: int, texts: "Sequence[str]", out_fd: int = 1, console_fd: int | None = None
 ) -> bool:
-    """Write START now unless noise may be asked for; returns whether START was written."""
+    """Write START now unless noise may be asked for (``texts``: the args files' texts, :func:`read_args`);
+    returns whether START was written."""
     raw_output(out_fd)
-    if noise_requested(argv, [_read(p) for p in sources]):
+    if noise_requested(argv, texts):
         return False
     line = start_line(version)
     os.write(out_fd, (line + "\n").encode())

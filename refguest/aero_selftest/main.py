@@ -68,8 +68,14 @@ def write_noise(fd: int, cfg: config.Config) -> None:
     write_bytes(fd, noise_binary(cfg.noise_binary_bytes))
 
 
-def main(argv: Sequence[str] | None = None, started: bool = False, console_fd: int | None = None) -> int:
-    """Run every check; ``started``: START is out already; ``console_fd``: the console to mirror markers on."""
+def main(
+    argv: Sequence[str] | None = None,
+    started: bool = False,
+    console_fd: int | None = None,
+    args_texts: tuple[str, str] | None = None,
+) -> int:
+    """Run every check; ``started``: START is out already; ``console_fd``: the console to mirror markers on;
+    ``args_texts``: the args files' texts as :func:`early.read_args` read them (read here when not given)."""
     args = list(sys.argv[1:] if argv is None else argv)
     early.raw_output(1)
     write = write_fd(1)
@@ -77,7 +83,8 @@ def main(argv: Sequence[str] | None = None, started: bool = False, console_fd: i
         write = write_all(write, write_console(console_fd))
     rep = Reporter(write)
     t0 = time.monotonic()
-    cfg = config.load(args, os.environ)
+    image_text, fw_cfg_text = early.read_args() if args_texts is None else args_texts
+    cfg = config.load(args, os.environ, image_text, fw_cfg_text)
     if not started:
         write_noise(1, cfg)
         rep.emit(format_line("START", {"version": PROTOCOL_VERSION}))

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aero_selftest import config
+from aero_selftest import config, early
 from aero_selftest.config import DEFAULT_HTTP_URL, merge, split_args
+
+
+def _texts(image: Path, fw_cfg: Path) -> tuple[str, str]:
+    """The two args files read as the guest reads them at boot (``early.read_text``: "" when missing)."""
+    return early.read_text(str(image)), early.read_text(str(fw_cfg))
 
 
 def test_defaults() -> None:
@@ -72,7 +77,7 @@ def test_load_reads_image_then_fw_cfg_then_argv(tmp_path: Path) -> None:
     image.write_text("--udp-port=1 --test-blk-resize\n")
     fw = tmp_path / "raw"
     fw.write_bytes(b"--udp-port=2 --dns-host=example")
-    cfg = config.load(["--dns-host=last"], {"AERO_VIRTIO_SELFTEST_TEST_NET_LINK_FLAP": "1"}, image, fw)
+    cfg = config.load(["--dns-host=last"], {"AERO_VIRTIO_SELFTEST_TEST_NET_LINK_FLAP": "1"}, *_texts(image, fw))
     assert cfg.udp_port == 2
     assert cfg.dns_host == "last"
     assert cfg.flags == {"test-blk-resize", "test-net-link-flap"}
@@ -82,7 +87,7 @@ def test_load_reads_image_then_fw_cfg_then_argv(tmp_path: Path) -> None:
 def test_load_survives_missing_and_unparsable_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.write_text("--http-url='unterminated")
-    cfg = config.load([], {}, tmp_path / "missing", bad)
+    cfg = config.load([], {}, *_texts(tmp_path / "missing", bad))
     assert cfg.http_url == DEFAULT_HTTP_URL
     assert len(cfg.unknown) == 1 and "unparsable" in cfg.unknown[0]
 
@@ -100,7 +105,7 @@ def test_baked_args_alone_when_the_host_sends_none(tmp_path: Path) -> None:
     """A baked image run with no fw_cfg file (--vm-provisioning=baked): the image's args are the config."""
     image = tmp_path / "args"
     image.write_text("--test-blk-resize --udp-port=4242 --http-url=http://10.0.2.2:9/baked\n")
-    cfg = config.load([], {}, image, tmp_path / "no-such-fw-cfg-file")
+    cfg = config.load([], {}, *_texts(image, tmp_path / "no-such-fw-cfg-file"))
     assert cfg.flags == {"test-blk-resize"}
     assert (cfg.udp_port, cfg.http_url) == (4242, "http://10.0.2.2:9/baked")
     assert cfg.sources == ("image",)

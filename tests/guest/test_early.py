@@ -25,7 +25,8 @@ def _pipe_text(fd: int) -> bytes:
 def test_begin_writes_start_at_once(tmp_path: Path) -> None:
     r, w = os.pipe()
     console_r, console_w = os.pipe()
-    started = early.begin([], 1, out_fd=w, console_fd=console_w, sources=[str(tmp_path / "none")])
+    texts = [early.read_text(str(tmp_path / "none"))]
+    started = early.begin([], 1, texts, out_fd=w, console_fd=console_w)
     os.close(w)
     os.close(console_w)
     assert started
@@ -37,8 +38,8 @@ def test_begin_leaves_start_to_main_when_a_source_mentions_noise(tmp_path: Path)
     args = tmp_path / "raw"
     args.write_text("--http-url=http://x/ --noise-line-bytes=100")
     r, w = os.pipe()
-    assert not early.begin([], 1, out_fd=w, sources=[str(args)])
-    assert not early.begin(["--noise-binary-bytes=5"], 1, out_fd=w, sources=[])
+    assert not early.begin([], 1, [early.read_text(str(args))], out_fd=w)
+    assert not early.begin(["--noise-binary-bytes=5"], 1, [], out_fd=w)
     os.close(w)
     assert _pipe_text(r) == b""
 
