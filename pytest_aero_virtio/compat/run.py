@@ -25,14 +25,7 @@ import pytest
 from .outcome import ItemRecord, SessionFacts
 from .table import REQUIRED_MARKER, RESULT_TEST
 
-#: The plugin's marker for tests that need a guest opt-in flag (``-m "not aero_opt_in"`` = the old default set).
-OPT_IN_MARKER = "aero_opt_in"
 PROG = "aero-virtio-win7-tests"
-
-
-def _registered(config: pytest.Config, marker: str) -> bool:
-    lines = config.getini("markers")
-    return any(str(line).split(":", 1)[0].split("(", 1)[0].strip() == marker for line in lines)
 
 
 def item_key(item: pytest.Item) -> str:
