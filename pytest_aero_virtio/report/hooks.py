@@ -31,6 +31,7 @@ from ..plan import PlannedVm
 from ..qemu.lifecycle import Runstate
 from ..qemu.process import read_tail
 from ..run import AeroRun
+from ..testing import checks_of
 from ..vm import VmHandle
 from .attach import KeepRequest, announce
 from .html import RowEvidence, row_extras
@@ -171,7 +172,7 @@ class ObservePlugin:
         if stopped and end.exists():
             shots.append((f"{handle.planned.id}: last screen of the VM", end))
         marker = item.get_closest_marker("aero_check")
-        snd = marker is not None and any(lookup(n).snd for n in marker.args if isinstance(n, str))
+        snd = any(lookup(n).snd for n in checks_of(item))
         wav = handle.wav_path if snd and handle.wav_path is not None and handle.wav_path.exists() else None
         tail = read_tail(handle.artifacts.serial, SERIAL_TAIL_LINES, max_bytes=1 << 16)
         files = [handle.artifacts.serial, *(p for _, p in shots), *([wav] if wav is not None else [])]
