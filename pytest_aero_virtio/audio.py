@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import WAV_CHECK_FAILED, AeroFailure
 
-__all__ = ["WavFigures", "analyse_bytes", "analyse_wav", "check_tone", "dominant_frequency"]
+__all__ = ["Pcm", "WavFigures", "analyse_bytes", "analyse_wav", "check_tone", "dominant_frequency", "read_pcm"]
 
 FFT_SIZE = 8192
 _BLOCK = 1024
@@ -148,8 +148,8 @@ def dominant_frequency(mono: list[float], rate: int, size: int = FFT_SIZE) -> fl
 
 
 @dataclass(frozen=True)
-class _Pcm:
-    """The parts of a WAV file the figures need: its format and its sample bytes."""
+class Pcm:
+    """The parts of a WAV file the figures (and the report's spectrum plot) need: its format and sample bytes."""
 
     tag: int
     channels: int
@@ -159,8 +159,12 @@ class _Pcm:
     complete: bool
 
 
-def _chunks(data: bytes) -> _Pcm | WavFigures:
-    """Walk the RIFF chunks: the fmt and data chunks, or the figures of a broken file (never raises)."""
+def read_pcm(data: bytes) -> Pcm | WavFigures:
+    """Walk the RIFF chunks: the fmt and data chunks, or the figures of a broken file (never raises).
+
+    Only integer PCM of 8, 16, 24 or 32 bits is accepted; a data chunk QEMU never finished (RIFF and data
+    sizes 0: it was killed) or one cut short is read up to the end of the file, with ``complete=False``.
+    """
     if len(data) < 12:
         if not data:
             # Measured: QEMU killed before its stdio buffer was flushed leaves a 0-byte file.
@@ -193,12 +197,12 @@ def _chunks(data: bytes) -> _Pcm | WavFigures:
         return _broken(f"unsupported WAV encoding (format tag {tag}, {bits} bits, {channels} channels)", complete)
     if pcm is None:
         return _broken("no data chunk", complete)
-    return _Pcm(tag, channels, rate, bits, pcm, complete)
+    return Pcm(tag, channels, rate, bits, pcm, complete)
 
 
 def analyse_bytes(data: bytes) -> WavFigures:
     """Figures for the bytes of a WAV file (pure). Never raises for bad content: see ``error``."""
-    pcm = _chunks(data)
+    pcm = read_pcm(data)
     if isinstance(pcm, WavFigures):
         return pcm
     rate, channels, width = pcm.rate, pcm.channels, pcm.bits // 8

@@ -28,7 +28,7 @@ from .report.terminal import header_lines, snapshot_off_lines, summary_lines, te
 from .run import AeroRun
 from .settings import check_user_inputs, settings_from_config
 from .stream import MarkerStream
-from .testing import AeroDevice, AeroVm
+from .testing import AeroDevice, AeroVm, checks_of
 from .timeouts import VmTimeouts
 
 _RUN_KEY = pytest.StashKey[AeroRun]()
@@ -171,8 +171,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark opt-in tests ``aero_opt_in`` before ``-m`` deselects (tryfirst), so ``-m "not aero_opt_in"``
     selects the old harness's default set without anyone maintaining the marker by hand."""
     for item in items:
-        check = item.get_closest_marker("aero_check")
-        if check is not None and any(lookup(n).opt_in for n in check.args if isinstance(n, str)):
+        if any(lookup(n).opt_in for n in checks_of(item)):
             item.add_marker(pytest.mark.aero_opt_in)
 
 

@@ -13,10 +13,9 @@ and tests would run twice or not at all. docs/sharding.md explains the rule to u
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from . import options as opts
 from .config import VmConfig
 from .errors import AeroConfigError, AeroError
 from .plan import ItemNeeds
+from .refenv.cache import file_lock
 from .shard import ShardSpec, Split, canonical_key, loose_item_shard, parse_durations, parse_shard, split_plan, vm_key
 
 #: The pytest cache key of the recorded durations: ``{"<str(VmConfig)>": seconds}``.
@@ -204,24 +204,13 @@ def recorder(config: pytest.Config) -> Callable[[VmConfig, float], None]:
         cache = getattr(config, "cache", None)
         if cache is None:
             return
-        with contextlib.suppress(OSError), _cache_lock(cache):
+        with contextlib.suppress(OSError), file_lock(Path(cache.mkdir("aero-virtio")) / "vm-durations.lock"):
             current = cache.get(DURATIONS_KEY, {})
             merged = dict(current) if isinstance(current, dict) else {}
             merged[vm_key(vm)] = round(seconds, 2)
             cache.set(DURATIONS_KEY, dict(sorted(merged.items())))
 
     return record
-
-
-@contextlib.contextmanager
-def _cache_lock(cache: Any) -> Iterator[None]:
-    lock_path = Path(cache.mkdir("aero-virtio")) / "vm-durations.lock"
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 __all__ = ["DURATIONS_KEY", "ShardState", "read_durations", "recorder", "select", "split_without_vms"]

@@ -59,10 +59,11 @@ def expected_irq_mode(vectors: int | None) -> str:
     return "intx" if vectors == 0 else "msix"
 
 
-def test_checks(node: pytest.Item) -> tuple[str, ...]:
-    """The check names a test declared with ``@pytest.mark.aero_check(...)`` (closest marker)."""
+def checks_of(node: pytest.Item) -> tuple[str, ...]:
+    """The check names a test declared with ``@pytest.mark.aero_check(...)`` (closest marker). Arguments that
+    are not strings are left out: the plugin rejects them as a usage error once collection is done."""
     marker = node.get_closest_marker("aero_check")
-    return tuple(marker.args) if marker is not None else ()
+    return tuple(n for n in marker.args if isinstance(n, str)) if marker is not None else ()
 
 
 class AeroVm:
@@ -76,7 +77,7 @@ class AeroVm:
         self.handle = handle
         self.plan = plan
         self._node = node
-        self.checks = test_checks(node)
+        self.checks = checks_of(node)
         #: What the VM is: its configuration and the run's options.
         self.config: VmConfig = handle.config
         self.options: RunOptions = handle.options
@@ -310,5 +311,6 @@ __all__ = [
     "TRANSITIONAL_IDS",
     "AeroDevice",
     "AeroVm",
+    "checks_of",
     "expected_irq_mode",
 ]

@@ -30,8 +30,8 @@ from ..errors import (
     fail_line,
     failed_token,
     missing_token,
-    name_token,
     skipped_token,
+    token_for,
 )
 from .table import RESULT_TEST
 
@@ -126,10 +126,8 @@ def guest_rank(token: str, checks: Iterable[str], key: str) -> int:
 
 
 def _own_token(rec: ItemRecord, suffix: str) -> str:
-    if rec.checks:
-        return failed_token(rec.checks[0]) if suffix == "FAILED" else skipped_token(rec.checks[0])
-    test = rec.key.split("::")[-1].removeprefix("test_")
-    return f"{name_token(test)}_{suffix}"
+    """``<FIRST_CHECK>_<suffix>``, or ``<TEST_NAME>_<suffix>`` (without ``test_``) for a test with no check."""
+    return token_for(rec.checks[0] if rec.checks else rec.key.split("::")[-1].removeprefix("test_"), suffix)
 
 
 def failure_of(rec: ItemRecord, required: Iterable[str], skip_tokens: Mapping[str, str]) -> Failure | None:

@@ -22,27 +22,16 @@ from typing import Any
 
 import pytest
 
+from ..testing import checks_of
 from .outcome import ItemRecord, SessionFacts
 from .table import REQUIRED_MARKER, RESULT_TEST
 
-#: The plugin's marker for tests that need a guest opt-in flag (``-m "not aero_opt_in"`` = the old default set).
-OPT_IN_MARKER = "aero_opt_in"
 PROG = "aero-virtio-win7-tests"
-
-
-def _registered(config: pytest.Config, marker: str) -> bool:
-    lines = config.getini("markers")
-    return any(str(line).split(":", 1)[0].split("(", 1)[0].strip() == marker for line in lines)
 
 
 def item_key(item: pytest.Item) -> str:
     """``<file>::<test>`` relative to ``vmm_flows``: the table's test names, whatever the rootdir is."""
     return f"{item.path.name}::{item.name}"
-
-
-def check_names(item: pytest.Item) -> tuple[str, ...]:
-    marker = item.get_closest_marker("aero_check")
-    return tuple(str(n) for n in marker.args) if marker is not None else ()
 
 
 @dataclass
@@ -81,7 +70,7 @@ class CompatPlugin:
             raise
         for index, item in enumerate(session.items):
             self.records[item.nodeid] = ItemRecord(
-                key=item_key(item), index=index, checks=check_names(item), outcome="notrun"
+                key=item_key(item), index=index, checks=checks_of(item), outcome="notrun"
             )
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:

@@ -84,11 +84,10 @@ class AttachPoint:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._clients.add(writer)
-        loop = asyncio.get_running_loop()
         try:
             while data := await reader.read(4096):
                 if self._input is not None:
-                    await _write_all(loop, self._input, data)
+                    await _write_all(self._input, data)
         except OSError:
             pass
         finally:
@@ -107,7 +106,7 @@ class AttachPoint:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def _write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> None:
+async def _write_all(fd: int, data: bytes) -> None:
     """Write to a non-blocking pipe on the loop; while it is full (the guest is not reading), wait a little."""
     view = memoryview(data)
     while view:

@@ -31,6 +31,7 @@ from ..plan import PlannedVm
 from ..qemu.lifecycle import Runstate
 from ..qemu.process import read_tail
 from ..run import AeroRun
+from ..testing import checks_of
 from ..vm import VmHandle
 from .attach import KeepRequest, announce
 from .html import RowEvidence, row_extras
@@ -91,20 +92,21 @@ class ObservePlugin:
             booted = run.started_pool.booted if run.started_pool is not None else []
             return [h for h in booted if isinstance(h, VmHandle)]
 
-        column = None
-        has_terminal = config.pluginmanager.get_plugin("terminalreporter") is not None
-        if "PYTEST_XDIST_WORKER" not in os.environ and has_terminal:  # only here is pytest's line ours to read
-            tw = config.get_terminal_writer()
-            column = lambda: tw.width_of_current_line  # noqa: E731
-        return ProgressTicker(handles, config.get_verbosity(), run.say, self._in_place(config, run), column)
+        if "PYTEST_XDIST_WORKER" in os.environ or config.pluginmanager.get_plugin("terminalreporter") is None:
+            return ProgressTicker(handles, config.get_verbosity(), run.say)  # pytest's line is not ours to read
+        tw = config.get_terminal_writer()
+        column = lambda: tw.width_of_current_line  # noqa: E731
+        in_place = self._in_place(config, run, lambda: tw.fullwidth, column)
+        return ProgressTicker(handles, config.get_verbosity(), run.say, in_place, column)
 
     @staticmethod
-    def _in_place(config: pytest.Config, run: AeroRun) -> InPlace | None:
-        """A status redrawn in place, only where nothing else writes to the terminal while tests run."""
+    def _in_place(
+        config: pytest.Config, run: AeroRun, width: Callable[[], int], column: Callable[[], int]
+    ) -> InPlace | None:
+        """A status redrawn in place, only where nothing else writes to the terminal while tests run (the
+        caller has already ruled out an xdist worker and a run without pytest's terminal reporter)."""
         quiet_terminal = (
-            "PYTEST_XDIST_WORKER" not in os.environ
-            and config.pluginmanager.get_plugin("terminalreporter") is not None
-            and config.getoption("capture") != "no"
+            config.getoption("capture") != "no"
             and not run.settings.options.follow_serial
             and not config.getoption("log_cli_level")
             and not config.getini("log_cli")
@@ -115,8 +117,7 @@ class ObservePlugin:
         if not os.isatty(fd):
             os.close(fd)
             return None
-        tw = config.get_terminal_writer()
-        return InPlace(fd, lambda: tw.fullwidth, lambda: tw.width_of_current_line)
+        return InPlace(fd, width, column)
 
     def _erase(self) -> None:
         if self._ticker is not None:
@@ -171,7 +172,7 @@ class ObservePlugin:
         if stopped and end.exists():
             shots.append((f"{handle.planned.id}: last screen of the VM", end))
         marker = item.get_closest_marker("aero_check")
-        snd = marker is not None and any(lookup(n).snd for n in marker.args if isinstance(n, str))
+        snd = any(lookup(n).snd for n in checks_of(item))
         wav = handle.wav_path if snd and handle.wav_path is not None and handle.wav_path.exists() else None
         tail = read_tail(handle.artifacts.serial, SERIAL_TAIL_LINES, max_bytes=1 << 16)
         files = [handle.artifacts.serial, *(p for _, p in shots), *([wav] if wav is not None else [])]

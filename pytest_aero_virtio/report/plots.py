@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ..audio import Pcm, read_pcm
 
 __all__ = ["STATUS_COLOURS", "read_timeline", "spectrum", "spectrum_png", "timeline_png", "wav_mono"]
 
@@ -46,27 +47,19 @@ def _png(fig: Any) -> bytes:
 
 
 def wav_mono(data: bytes) -> tuple[Any, int]:
-    """(mono samples in -1..1 as a numpy array, sample rate) of PCM WAV bytes; a header QEMU never finished
-    (sizes 0: it was killed) is read up to the end of the file, as :mod:`~pytest_aero_virtio.audio` does."""
+    """(mono samples in -1..1 as a numpy array, sample rate) of PCM WAV bytes, as parsed by
+    :func:`~pytest_aero_virtio.audio.read_pcm`: a header QEMU never finished (sizes 0: it was killed) is read up
+    to the end of the file."""
     import numpy as np
 
-    pos, fmt, pcm = 12, None, b""
-    while pos + 8 <= len(data):
-        cid, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if cid == b"fmt ":
-            fmt = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
-        elif cid == b"data":
-            pcm = data[pos + 8 : pos + 8 + size] if size else data[pos + 8 :]
-            break
-        pos += 8 + size + (size & 1)
-    if fmt is None or fmt[5] not in (8, 16, 32):
+    pcm = read_pcm(data)
+    if not isinstance(pcm, Pcm) or pcm.bits not in (8, 16, 32):
         raise ValueError("not a PCM WAV file this plot can read")
-    channels, rate, bits = fmt[1], fmt[2], fmt[5]
-    dtype = {8: np.uint8, 16: np.int16, 32: np.int32}[bits]
-    width = bits // 8
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % (width * channels)], dtype=dtype).astype(np.float64)
-    samples = (samples - 128) / 128 if bits == 8 else samples / float(2 ** (bits - 1))
-    return samples.reshape(-1, channels).mean(axis=1), rate
+    dtype = {8: np.uint8, 16: np.int16, 32: np.int32}[pcm.bits]
+    frame = pcm.bits // 8 * pcm.channels
+    samples = np.frombuffer(pcm.data[: len(pcm.data) - len(pcm.data) % frame], dtype=dtype).astype(np.float64)
+    samples = (samples - 128) / 128 if pcm.bits == 8 else samples / float(2 ** (pcm.bits - 1))
+    return samples.reshape(-1, pcm.channels).mean(axis=1), pcm.rate
 
 
 def spectrum(mono: Any, rate: int) -> tuple[Any, Any, float]:
