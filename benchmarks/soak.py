@@ -44,14 +44,16 @@ def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
 
 
 def leftover_qemus(marker: str) -> list[int]:
+    """Live QEMUs whose command line has ``marker`` as a whole argument (the ``-name`` of one run: run 1's
+    marker is a prefix of run 10's, so a substring test would count the wrong run's QEMU)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if "qemu-system" in cmd and marker in cmd:
+            if any("qemu-system" in a for a in args) and marker in args:
                 found.append(int(entry.name))
     return found
 
